@@ -1,0 +1,374 @@
+"""The Wan video DiT and VAE from diffusers behind one packed forward shared by all methods.
+
+Every method builds one latent sequence along time and says what each latent frame is
+(:class:`PackedInput`): clean condition or memory frames carry flow time 0, target frames the
+noise level being denoised. The backbone turns that into per-frame modulation (diffusers' Wan2.2
+per-token timestep path, computed once per frame rather than per token), optional
+channel-concatenated conditioning (Wan I2V style), additive token injections before block 0 or
+after block k, extra attention branches beside self-attention, an attention mask, and RoPE with
+an explicit per-frame time index.
+
+The block loop calls the parts of diffusers' ``WanTransformerBlock`` (``norm1``, ``attn1``,
+``attn2``, ``ffn`` ...) so that weights, attention processors and LoRA targets stay diffusers'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from animate.geometry import WAN, Compression
+
+TIMESTEP_SCALE = 1000.0  # Wan's timestep embedding takes t in [0, 1000]
+
+
+class AttentionBranch(Protocol):
+    """An extra attention branch whose output is added to a block's self-attention output."""
+
+    def __call__(self, block_index: int, block: nn.Module, norm_hidden_states: Tensor, packed: "PackedInput") -> Tensor:
+        """Return (B, L, D) to add to ``attn1``'s output before the gate."""
+
+
+@dataclass
+class PackedInput:
+    """One packed DiT input: latent frames with roles, conditions and injections."""
+
+    latents: Tensor  # (B, C, F, h, w): noisy target frames and clean condition frames
+    t: Tensor  # (B, F) flow time per latent frame in [0, 1]; 0 = clean condition / memory
+    channel_cond: Tensor | None = None  # (B, Cc, F, h, w), concatenated on channels
+    frame_ids: Tensor | None = None  # (B, F) RoPE time index per latent frame; default arange(F)
+    injections: dict[int, Tensor] = field(default_factory=dict)  # block -> (B, L, D); -1 = before block 0
+    attention_mask: Tensor | None = None  # (B, 1, L, L) bool, True = may attend
+    branches: dict[int, AttentionBranch] = field(default_factory=dict)  # block -> extra attention branch
+    context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid (f, h, w) for patch (1, 2, 2)."""
+        _, _, f, h, w = self.latents.shape
+        return f, h // WAN.patch_space, w // WAN.patch_space
+
+
+def rotary_embedding(rope: nn.Module, frame_ids: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Wan 3D RoPE cos/sin (B, L, 1, head_dim) for a token grid with explicit frame indices."""
+    split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    cos_t, cos_h, cos_w = rope.freqs_cos.split(split, dim=1)
+    sin_t, sin_h, sin_w = rope.freqs_sin.split(split, dim=1)
+    b, f = frame_ids.shape
+    ids = frame_ids.long().to(rope.freqs_cos.device)
+
+    def grid(t_part: Tensor, h_part: Tensor, w_part: Tensor) -> Tensor:
+        t_part = t_part[ids].view(b, f, 1, 1, -1).expand(b, f, height, width, -1)
+        h_part = h_part[:height].view(1, 1, height, 1, -1).expand(b, f, height, width, -1)
+        w_part = w_part[:width].view(1, 1, 1, width, -1).expand(b, f, height, width, -1)
+        return torch.cat([t_part, h_part, w_part], dim=-1).reshape(b, f * height * width, 1, -1)
+
+    return grid(cos_t, cos_h, cos_w), grid(sin_t, sin_h, sin_w)
+
+
+def _per_frame(x: Tensor, frames: int) -> Tensor:
+    """(B, L, D) -> (B, F, L/F, D) view for per-frame modulation."""
+    return x.unflatten(1, (frames, -1))
+
+
+def block_forward(
+    block: nn.Module,
+    index: int,
+    hidden_states: Tensor,  # (B, L, D)
+    context: Tensor,  # (B, S, D)
+    modulation: Tensor,  # (B, F, 6, D) float32, per frame
+    rotary_emb: tuple[Tensor, Tensor],
+    packed: PackedInput,
+) -> Tensor:
+    """A diffusers WanTransformerBlock with per-frame modulation, a mask and an optional branch."""
+    frames = modulation.shape[1]
+    mod = (block.scale_shift_table.unsqueeze(0) + modulation).unsqueeze(2)  # (B, F, 1, 6, D)
+    shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(3)  # each (B, F, 1, D)
+
+    def modulate(norm: nn.Module, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        y = _per_frame(norm(x.float()), frames) * (1 + scale) + shift
+        return y.flatten(1, 2).type_as(x)
+
+    def gated(x: Tensor, update: Tensor, gate: Tensor) -> Tensor:
+        y = _per_frame(x.float(), frames) + _per_frame(update.float(), frames) * gate
+        return y.flatten(1, 2).type_as(x)
+
+    norm_hidden_states = modulate(block.norm1, hidden_states, shift, scale)
+    attn_output = block.attn1(norm_hidden_states, None, packed.attention_mask, rotary_emb)
+    branch = packed.branches.get(index)
+    if branch is not None:
+        attn_output = attn_output + branch(index, block, norm_hidden_states, packed)
+    hidden_states = gated(hidden_states, attn_output, gate)
+
+    norm_hidden_states = block.norm2(hidden_states.float()).type_as(hidden_states)
+    hidden_states = hidden_states + block.attn2(norm_hidden_states, context, None, None)
+
+    norm_hidden_states = modulate(block.norm3, hidden_states, c_shift, c_scale)
+    return gated(hidden_states, block.ffn(norm_hidden_states), c_gate)
+
+
+class WanBackbone(nn.Module):
+    """Wan transformer (+ optional VAE) with the packed forward every method uses."""
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        vae: "VideoAutoencoder | None" = None,
+        text_embedding: Tensor | None = None,
+        gradient_checkpointing: bool = False,
+        compression: Compression = WAN,
+    ):
+        super().__init__()
+        self.transformer = transformer
+        self.vae = vae
+        self.compression = compression
+        self.gradient_checkpointing = gradient_checkpointing
+        if text_embedding is None:
+            text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
+        self.register_buffer("text_embedding", text_embedding, persistent=False)  # (1, S, text_dim)
+
+    @property
+    def dim(self) -> int:
+        """Token width D."""
+        cfg = self.transformer.config
+        return cfg.num_attention_heads * cfg.attention_head_dim
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of DiT blocks."""
+        return len(self.transformer.blocks)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the predicted velocity."""
+        return self.transformer.config.out_channels
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the patch embedding expects (latents + channel conditioning)."""
+        return self.transformer.config.in_channels
+
+    def embed(self, packed: PackedInput) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Patchify and embed: tokens (B, L, D), temb (B, F, D), modulation (B, F, 6, D), context."""
+        model = self.transformer
+        x = packed.latents
+        if packed.channel_cond is not None:
+            x = torch.cat([x, packed.channel_cond.to(x.dtype)], dim=1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"packed input has {x.shape[1]} channels (latents + channel_cond) but the transformer's "
+                f"patch embedding expects {self.in_channels}: set backbone.transformer.in_channels"
+            )
+        tokens = model.patch_embedding(x.to(model.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2).contiguous()
+        b, f = packed.t.shape
+        context = packed.context if packed.context is not None else self.text_embedding.expand(b, -1, -1)
+        temb, timestep_proj, context, _ = model.condition_embedder(
+            packed.t.flatten() * TIMESTEP_SCALE, context.to(tokens.dtype), None, timestep_seq_len=f
+        )
+        modulation = timestep_proj.unflatten(2, (6, -1)).float()  # (B, F, 6, D)
+        return tokens, temb, modulation, context
+
+    def forward(self, packed: PackedInput) -> Tensor:
+        """Velocity (B, C_out, F, h, w) for a packed input."""
+        model = self.transformer
+        b, _, f, h, w = packed.latents.shape
+        gf, gh, gw = packed.grid
+        frame_ids = packed.frame_ids
+        if frame_ids is None:
+            frame_ids = torch.arange(f, device=packed.latents.device).expand(b, f)
+        rotary_emb = rotary_embedding(model.rope, frame_ids, gh, gw)
+        hidden_states, temb, modulation, context = self.embed(packed)
+        hidden_states = self._inject(hidden_states, packed, -1)
+        for index, block in enumerate(model.blocks):
+            args = (block, index, hidden_states, context, modulation, rotary_emb, packed)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                hidden_states = checkpoint(block_forward, *args, use_reentrant=False)
+            else:
+                hidden_states = block_forward(*args)
+            hidden_states = self._inject(hidden_states, packed, index)
+        return self.unpatchify(self.head(hidden_states, temb), gf, gh, gw)
+
+    @staticmethod
+    def _inject(hidden_states: Tensor, packed: PackedInput, index: int) -> Tensor:
+        """Add the token injection keyed by ``index`` if there is one."""
+        extra = packed.injections.get(index)
+        return hidden_states if extra is None else hidden_states + extra.to(hidden_states.dtype)
+
+    def head(self, hidden_states: Tensor, temb: Tensor) -> Tensor:
+        """Output norm with per-frame shift/scale and projection: (B, L, p*C)."""
+        model = self.transformer
+        frames = temb.shape[1]
+        shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unsqueeze(2).unbind(3)
+        x = _per_frame(model.norm_out(hidden_states.float()), frames) * (1 + scale) + shift
+        return model.proj_out(x.flatten(1, 2).type_as(hidden_states))
+
+    def unpatchify(self, x: Tensor, f: int, h: int, w: int) -> Tensor:
+        """(B, L, pt*ph*pw*C) -> (B, C, F, H, W)."""
+        pt, ph, pw = self.transformer.config.patch_size
+        b = x.shape[0]
+        x = x.reshape(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, -1, f * pt, h * ph, w * pw)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute block activations in backward to save memory."""
+        self.gradient_checkpointing = enabled
+
+
+class VideoAutoencoder(nn.Module):
+    """diffusers' AutoencoderKLWan with latent normalisation; videos in [-1, 1]."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+        cfg = vae.config
+        z = cfg.z_dim
+        mean = torch.tensor(cfg.latents_mean[:z] if cfg.latents_mean else [0.0] * z).view(1, z, 1, 1, 1)
+        std = torch.tensor(cfg.latents_std[:z] if cfg.latents_std else [1.0] * z).view(1, z, 1, 1, 1)
+        self.register_buffer("latents_mean", mean, persistent=False)
+        self.register_buffer("latents_std", std, persistent=False)
+
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels (16 for Wan2.1)."""
+        return self.vae.config.z_dim
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> normalised posterior mean (B, z, 1 + (T-1)/4, H/8, W/8)."""
+        WAN.check_frames(video.shape[2])
+        dtype = next(self.vae.parameters()).dtype
+        mean = self.vae.encode(video.to(dtype)).latent_dist.mode()
+        return ((mean.float() - self.latents_mean) / self.latents_std)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Normalised latents -> video (B, 3, T, H, W) clamped to [-1, 1]."""
+        dtype = next(self.vae.parameters()).dtype
+        z = latents.float() * self.latents_std + self.latents_mean
+        return self.vae.decode(z.to(dtype)).sample.float().clamp(-1, 1)
+
+
+def seeded_text_embedding(text_dim: int, length: int, seed: int = 0) -> Tensor:
+    """A fixed stand-in for the empty-prompt embedding when no text encoder is configured."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, length, text_dim, generator=generator)
+
+
+def empty_prompt_embedding(
+    text_dim: int,
+    length: int = 512,
+    text_encoder: str | None = None,
+    cache_dir: str | None = None,
+    prompt: str = "",
+    seed: int = 0,
+) -> Tensor:
+    """Embedding (1, length, text_dim) of a fixed prompt, computed once and cached on disk.
+
+    With ``text_encoder`` (a local directory holding a UMT5 encoder and its tokenizer, as in
+    Wan's ``google/umt5-xxl``), the prompt is encoded like Wan does: tokens padded to ``length``,
+    embeddings past the prompt's own tokens set to zero. Without it, a seeded random tensor stands
+    in (the tiny default backbone was never trained with a text encoder).
+    """
+    if text_encoder is None:
+        return seeded_text_embedding(text_dim, length, seed)
+    key = hashlib.sha1(f"{Path(text_encoder).resolve()}|{prompt}|{length}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir or Path(text_encoder) / ".prompt_cache") / f"{key}.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    embedding = encode_prompt(text_encoder, prompt, length)
+    if embedding.shape[-1] != text_dim:
+        raise ValueError(f"text encoder {text_encoder} gives width {embedding.shape[-1]}, backbone text_dim is {text_dim}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(embedding, tmp)
+    tmp.replace(cache)
+    return embedding
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder: str, prompt: str, length: int) -> Tensor:
+    """Run a local UMT5 encoder on ``prompt``: (1, length, dim), zero past the prompt's tokens."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    path = Path(text_encoder)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"text encoder directory {path} has no config.json (expected a local UMT5 encoder)")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = UMT5EncoderModel.from_pretrained(path, local_files_only=True).eval()
+    tokens = tokenizer([prompt], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    return hidden * tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def build_transformer(**config) -> nn.Module:
+    """A randomly initialised diffusers WanTransformer3DModel from keyword config."""
+    from diffusers import WanTransformer3DModel
+
+    config = {k: tuple(v) if isinstance(v, list) and k == "patch_size" else v for k, v in config.items()}
+    return WanTransformer3DModel(**config)
+
+
+def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Module:
+    """Widen the patch embedding to ``in_channels``; new input channels start at zero."""
+    old = transformer.patch_embedding
+    if old.in_channels == in_channels:
+        return transformer
+    if in_channels < old.in_channels:
+        raise ValueError(f"cannot shrink the patch embedding from {old.in_channels} to {in_channels} channels")
+    new = nn.Conv3d(in_channels, old.out_channels, old.kernel_size, old.stride).to(old.weight)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    transformer.patch_embedding = new
+    transformer.register_to_config(in_channels=in_channels)
+    return transformer
+
+
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def resolve_path(path: str) -> Path:
+    """``asset:NAME`` -> the file shipped in ``animate/assets``; other paths unchanged."""
+    return ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path).expanduser()
+
+
+def load_backbone(
+    transformer: dict,
+    vae: dict | None = None,
+    text: dict | None = None,
+    gradient_checkpointing: bool = False,
+    init_seed: int = 0,
+) -> WanBackbone:
+    """Build the backbone from config: local weights (``path``) or a seeded random ``architecture``.
+
+    transformer: ``path`` (diffusers dir or original Wan file/dir), ``config`` (diffusers config dir,
+      needed for the original layout), ``architecture`` (kwargs of WanTransformer3DModel, used when
+      ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
+    vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE).
+    text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
+    """
+    from animate.weights import load_transformer, load_vae
+
+    torch.manual_seed(init_seed)  # a random base (tiny default) is reproducible from the config alone
+    if transformer.get("path"):
+        model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config"))
+    else:
+        model = build_transformer(**transformer["architecture"])
+    if transformer.get("in_channels"):
+        expand_patch_embedding(model, transformer["in_channels"])
+    autoencoder = None
+    if vae and vae.get("path"):
+        autoencoder = VideoAutoencoder(load_vae(resolve_path(vae["path"]), config=vae.get("config"))).eval()
+    text = dict(encoder=None, length=512, cache_dir=None, prompt="", seed=0) | dict(text or {})
+    embedding = empty_prompt_embedding(
+        model.config.text_dim, text["length"], text["encoder"], text["cache_dir"], text["prompt"], text["seed"]
+    )
+    return WanBackbone(model, autoencoder, embedding, gradient_checkpointing=gradient_checkpointing)

@@ -1,0 +1,83 @@
+"""UniAnimate-DiT (papers/unianimate-dit.txt): Wan I2V + a 3D-conv pose encoder added to the tokens.
+
+- The reference enters the I2V way: the VAE latent of [reference, zero frames] and a 4-channel
+  first-frame mask are concatenated on channels with the noisy latent (``channel_cond``).
+- :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
+  patchified tokens before block 0 (``injections[-1]``).
+- :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
+  conditioning of every frame (official code: ``y + randomref_embedding_pose(ref_pose)``).
+- Condition dropout (official: pose and reference pose 5%, reference 10%) and CFG 1.5 with one
+  unconditional level (every condition dropped) at inference.
+- LoRA through peft (``lora`` config) or full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from animate.backbone import WanBackbone
+from animate.methods.base import AnimationSystem, LatentSequence, keep_samples
+from animate.modules.pose_encoders import PoseVideoEncoder, ReferencePoseEncoder
+
+I2V_MASK_CHANNELS = 4  # Wan I2V: the first-frame mask folded 4x in time onto channels
+
+
+def first_frame_mask(batch: int, frames: int, height: int, width: int, channels: int = I2V_MASK_CHANNELS) -> Tensor:
+    """Wan I2V mask (B, 4, F, h, w): ones on latent frame 0 (the given reference), zeros elsewhere."""
+    mask = torch.zeros(batch, channels, frames, height, width)
+    mask[:, :, 0] = 1.0
+    return mask
+
+
+class UniAnimate(AnimationSystem):
+    """UniAnimate-DiT as a LightningModule."""
+
+    conditions = ("pose", "reference_pose", "reference")
+    guidance_levels = ((), ("pose", "reference_pose", "reference"))
+
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        optimizer,
+        pose_encoder: dict | None = None,
+        reference_pose_encoder: bool = True,
+        **kwargs,
+    ):
+        pose_cfg = dict(channels=16, num_layers=7, zero_init=True) | dict(pose_encoder or {})
+        latent_channels = backbone.latent_channels
+        expected = 2 * latent_channels + I2V_MASK_CHANNELS
+        if backbone.in_channels != expected:
+            raise ValueError(
+                f"UniAnimate needs a Wan I2V backbone with in_channels = {expected} (latents + mask + reference latent), "
+                f"got {backbone.in_channels}: set backbone.transformer.in_channels={expected}"
+            )
+        super().__init__(backbone, optimizer, **kwargs)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
+        self.pose_encoder = PoseVideoEncoder(backbone.dim, **pose_cfg, compression=backbone.compression)
+        self.reference_pose_encoder = (
+            ReferencePoseEncoder(out_channels=latent_channels + I2V_MASK_CHANNELS, compression=backbone.compression)
+            if reference_pose_encoder
+            else None
+        )
+
+    def latent_names(self, training: bool) -> tuple[str, ...]:
+        return ("video", "reference_clip") if training else ("reference_clip",)
+
+    def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
+        reference = latents["reference_clip"]  # (B, C, F, h, w)
+        b, _, f, h, w = reference.shape
+        clean = latents["video"] if training else torch.zeros_like(reference)
+        y = torch.cat([first_frame_mask(b, f, h, w).to(reference), keep_samples(reference, drop["reference"])], dim=1)
+        if self.reference_pose_encoder is not None:
+            y = y + keep_samples(self.reference_pose_encoder(batch["reference_pose"]), drop["reference_pose"])
+        pose_tokens = keep_samples(self.pose_encoder(batch["pose"]), drop["pose"])  # (B, L, D)
+        frames = torch.ones(b, f, dtype=torch.bool, device=clean.device)
+        return LatentSequence(
+            clean=clean,
+            generate=frames,
+            loss_weight=self.region_weight(batch, (h, w)),
+            target=slice(0, f),
+            channel_cond=y,
+            injections={-1: pose_tokens},
+        )
