@@ -252,6 +252,7 @@ class AnimationSystem(L.LightningModule):
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["latent_cache"] = {"hits": self.latent_cache.hits, "misses": self.latent_cache.misses}
+        checkpoint["run_config"] = getattr(self, "run_config", None)  # rebuilds the frozen base in generate
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = self.trainable_keys() - set(checkpoint["state_dict"])

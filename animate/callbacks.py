@@ -1,0 +1,177 @@
+"""Callbacks for what is not the system's job: sample videos, throughput, interrupts, run summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
+
+from animate.video import comparison_grid, write_gif, write_mp4
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process and its children (data workers), and of CUDA if used."""
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
+    out = {
+        "process_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+class SaveOnInterrupt(L.Callback):
+    """On SIGTERM (preemption, ``kill``) save ``last.ckpt`` at the step boundary Lightning stops at."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path)
+            if trainer.is_global_zero:
+                print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; continue with resume={Path(self.path).parent}")
+
+
+class SampleVideos(L.Callback):
+    """Every ``every_n_steps`` (and at the end), animate fixed held-out clips and write them.
+
+    Writes ``samples/step_NNNNNN.mp4`` and ``.gif``: reference | driving pose | generated | ground
+    truth, side by side; logs the video to W&B when that logger is active. Rank zero only.
+    """
+
+    def __init__(self, directory: str, every_n_steps: int = 500, num_samples: int = 2, steps: int | None = None, fps: int = 12):
+        self.directory = Path(directory)
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.steps = steps
+        self.fps = fps
+        self._batch: dict | None = None
+        self._last_step = -1
+
+    def _heldout_batch(self, trainer: L.Trainer) -> dict | None:
+        """The first validation batch, cut to ``num_samples`` clips (fixed for the whole run)."""
+        if self._batch is None:
+            datamodule = trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "heldout_batch"):
+                return None
+            self._batch = datamodule.heldout_batch(self.num_samples)
+        return self._batch
+
+    @rank_zero_only
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Render and write the samples of the current step."""
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        batch = self._heldout_batch(trainer)
+        if batch is None:
+            return
+        self._last_step = step
+        batch = move_batch(batch, pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            generated = pl_module.generate(batch, steps=self.steps)
+        finally:
+            pl_module.train(was_training)
+        grid = comparison_grid(batch["reference"], batch["pose"], generated, batch["video"])  # (T, H, W', 3)
+        stem = self.directory / f"step_{step:06d}"
+        write_mp4(stem.with_suffix(".mp4"), grid, self.fps)
+        write_gif(stem.with_suffix(".gif"), grid, self.fps)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.experiment.log({"samples/video": wandb.Video(str(stem.with_suffix(".mp4")), format="mp4")}, step=step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module)
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Tensors of a batch dict to ``device``."""
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+class Throughput(L.Callback):
+    """Logs ``train/steps_per_sec`` and ``train/clips_per_sec`` over the last ``window`` steps."""
+
+    def __init__(self, window: int = 10):
+        self.window = window
+        self._times: list[float] = []
+        self._clips: list[int] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._times.append(time.perf_counter())
+        self._clips.append(int(batch["video"].shape[0]))
+        self._times, self._clips = self._times[-self.window - 1 :], self._clips[-self.window - 1 :]
+        if len(self._times) > 1:
+            elapsed = self._times[-1] - self._times[0]
+            pl_module.log("train/steps_per_sec", (len(self._times) - 1) / elapsed, prog_bar=True)
+            pl_module.log("train/clips_per_sec", sum(self._clips[1:]) * trainer.world_size / elapsed)
+
+
+class RunSummary(L.Callback):
+    """Writes ``summary.json``: wall time, steps, steps/s, peak memory, final metrics, bad samples."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._start = 0.0
+        self._start_step = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._start_step = trainer.global_step
+
+    def summary(self, trainer: L.Trainer, status: str) -> dict:
+        """The summary dict for the current state."""
+        wall = time.perf_counter() - self._start
+        steps = trainer.global_step - self._start_step
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, Tensor) and v.numel() == 1}
+        datamodule = trainer.datamodule
+        bad = datamodule.bad_sample_report() if datamodule is not None and hasattr(datamodule, "bad_sample_report") else {}
+        return {
+            "status": status,
+            "global_step": trainer.global_step,
+            "steps_this_session": steps,
+            "wall_time_s": round(wall, 2),
+            "steps_per_sec": round(steps / wall, 4) if wall > 0 else None,
+            "peak_memory": {k: round(v, 1) for k, v in peak_memory_mb().items()},
+            "metrics": metrics,
+            "bad_samples": bad,
+        }
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, status: str) -> None:
+        atomic_write_text(self.path, json.dumps(self.summary(trainer, status), indent=2) + "\n")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "finished")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._write(trainer, f"interrupted: {type(exception).__name__}")
+

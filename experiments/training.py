@@ -1,0 +1,52 @@
+"""Build everything a training run needs from a composed config and fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def resume_checkpoint(resume: str | None) -> str | None:
+    """``resume=`` (a run directory or a .ckpt) -> the checkpoint to continue from."""
+    if not resume:
+        return None
+    path = Path(resume)
+    ckpt = path if path.is_file() else path / "last.ckpt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"resume={resume}: no checkpoint at {ckpt} (the run saved none yet)")
+    return str(ckpt)
+
+
+def build_logger(cfg: DictConfig):
+    """The configured logger (W&B offline, csv) or False for ``logger=none``."""
+    if not cfg.get("logger"):
+        return False
+    logger = instantiate(cfg.logger)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate the system, the data and the trainer of a run."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    system = instantiate(cfg.method)
+    system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg))
+    return system, datamodule, trainer
+
+
+def train(cfg: DictConfig) -> None:
+    """Fit one run; a crashed or killed run continues with ``resume=RUN``."""
+    system, datamodule, trainer = build(cfg)
+    ckpt = resume_checkpoint(cfg.get("resume"))
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt)

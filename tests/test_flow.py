@@ -1,0 +1,119 @@
+"""Rectified flow: schedules, loss, Euler sampler, cumulative CFG."""
+
+import pytest
+import torch
+
+from animate.flow import (
+    euler_sample,
+    flow_loss,
+    guidance_weights,
+    guided_velocity,
+    interpolate,
+    sample_time,
+    sampling_times,
+    shift_time,
+)
+
+
+def test_shift_keeps_endpoints_and_pushes_toward_noise():
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    shifted = shift_time(t, 3.0)
+    assert shifted[0] == 0 and shifted[-1] == 1
+    assert torch.all(shifted[1:3] > t[1:3])
+    torch.testing.assert_close(shift_time(t, 1.0), t)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "logit_normal"])
+def test_sample_time_range_and_determinism(mode):
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a, b = sample_time(4096, mode, generator=g1), sample_time(4096, mode, generator=g2)
+    assert torch.equal(a, b) and a.min() > 0 and a.max() < 1
+    assert abs(a.mean().item() - 0.5) < 0.03  # both are symmetric around 0.5 without shift
+
+
+def test_logit_normal_concentrates_mid_range():
+    t = sample_time(20000, "logit_normal", generator=torch.Generator().manual_seed(0))
+    u = sample_time(20000, "uniform", generator=torch.Generator().manual_seed(0))
+    mid = lambda x: ((x > 0.25) & (x < 0.75)).float().mean()
+    assert mid(t) > mid(u) + 0.1
+
+
+def test_unknown_sampling_mode_names_the_options():
+    with pytest.raises(ValueError, match="uniform"):
+        sample_time(2, "cosine")
+
+
+def test_interpolate_per_frame_time():
+    x0, eps = torch.zeros(1, 2, 3, 2, 2), torch.ones(1, 2, 3, 2, 2)
+    x = interpolate(x0, eps, torch.tensor([[0.0, 0.5, 1.0]]))
+    assert torch.all(x[:, :, 0] == 0) and torch.all(x[:, :, 1] == 0.5) and torch.all(x[:, :, 2] == 1)
+
+
+def test_flow_loss_weights():
+    pred, target = torch.zeros(1, 2, 2, 1, 1), torch.ones(1, 2, 2, 1, 1)
+    target[:, :, 1] = 3.0
+    only_first = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    assert flow_loss(pred, target, only_first).item() == pytest.approx(1.0)
+    assert flow_loss(pred, target, torch.ones(1, 1, 2, 1, 1)).item() == pytest.approx(5.0)
+    tripled = torch.tensor([3.0, 1.0]).view(1, 1, 2, 1, 1)  # region weight 3 on frame 0
+    assert flow_loss(pred, target, tripled).item() == pytest.approx((3 * 1 + 9) / 4)
+
+
+def test_sampling_times_decrease_from_one_to_zero():
+    times = sampling_times(10, shift=5.0)
+    assert times[0] == 1 and times[-1] == 0 and torch.all(times[1:] < times[:-1])
+
+
+def test_euler_recovers_data_with_exact_velocity():
+    x0 = torch.randn(2, 3, 4, 2, 2)
+    noise = torch.randn_like(x0)
+
+    def exact(x, t, levels):  # straight path to x0: v = (x_t - x0) / t
+        tt = t[:, None, :, None, None].clamp_min(1e-8)
+        return torch.cat([torch.where(tt > 0, (x - x0) / tt, torch.zeros_like(x))] * len(levels))
+
+    generate = torch.tensor([[False, True, True, True]] * 2)
+    out = euler_sample(exact, noise, x0, generate, steps=7, shift=3.0)
+    torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_condition_frames_stay_clean_and_see_time_zero():
+    clean = torch.randn(1, 2, 3, 2, 2)
+    seen = []
+
+    def record(x, t, levels):
+        seen.append(t.clone())
+        torch.testing.assert_close(x[:, :, 0], clean[:, :, 0])
+        return torch.zeros(len(levels) * x.shape[0], *x.shape[1:])
+
+    generate = torch.tensor([[False, True, True]])
+    out = euler_sample(record, torch.randn_like(clean), clean, generate, steps=3)
+    assert all(t[0, 0] == 0 and t[0, 1] > 0 for t in seen)
+    torch.testing.assert_close(out[:, :, 0], clean[:, :, 0])
+
+
+def test_cumulative_cfg_weights_and_passes():
+    assert guidance_weights([1.0]) == [0.0, 1.0]  # no guidance: one conditional pass
+    assert guidance_weights([1.5]) == [-0.5, 1.5]  # plain CFG
+    assert guidance_weights([1.0, 1.0]) == [0.0, 0.0, 1.0]  # Eq. 16, lP = lI = 1: one pass
+    assert guidance_weights([1.5, 1.5]) == [-0.5, 0.0, 1.5]  # lP = lI: two passes
+    assert guidance_weights([2.0, 3.0]) == [-1.0, -1.0, 3.0]  # lP != lI: three passes
+
+
+def test_guided_velocity_matches_eq16_in_one_batched_call():
+    x_u, x_p, x_rp = torch.full((1, 1, 1, 1, 1), 1.0), torch.full((1, 1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1, 1), 4.0)
+    preds = [x_u, x_p, x_rp]
+    calls = []
+
+    def fn(x, t, levels):
+        calls.append(list(levels))
+        return torch.cat([preds[i] for i in levels])
+
+    lp, li = 2.0, 3.0
+    v = guided_velocity(fn, torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1), [lp, li])
+    expected = x_u + lp * (x_p - x_u) + li * (x_rp - x_p)
+    torch.testing.assert_close(v, expected)
+    assert calls == [[0, 1, 2]]
+    calls.clear()
+    guided_velocity(fn, torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1), [1.5, 1.5])
+    assert calls == [[0, 2]]

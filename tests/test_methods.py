@@ -1,0 +1,201 @@
+"""UniAnimate-DiT and FramePrompt systems on fabricated batches with tiny random models."""
+
+from functools import partial
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
+from animate.lora import merged_state_dict
+from animate.methods.base import LatentSequence
+from animate.methods.frameprompt import FramePrompt, context_causal_mask
+from animate.methods.unianimate import UniAnimate
+
+ARCH = dict(
+    patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+    text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64,
+)
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return VideoAutoencoder(AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])).eval()
+
+
+def tiny_backbone(in_channels=16):
+    torch.manual_seed(0)
+    model = build_transformer(**ARCH)
+    expand_patch_embedding(model, in_channels)
+    return WanBackbone(model, tiny_vae(), torch.randn(1, 4, 16))
+
+
+def fake_batch(b=2, t=5, h=32, w=32):
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *s: torch.rand(*s, generator=g) * 2 - 1
+    return {
+        "video": rand(b, 3, t, h, w),
+        "pose": rand(b, 3, t, h, w),
+        "reference": rand(b, 3, h, w),
+        "reference_pose": rand(b, 3, h, w),
+        "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16),
+        "person_mask": torch.ones(b, t, h, w, dtype=torch.bool),
+        "cache_key": [f"clip{i}" for i in range(b)],
+    }
+
+
+ADAMW = partial(torch.optim.AdamW, lr=1e-3)
+
+
+def unianimate(**kw):
+    return UniAnimate(tiny_backbone(36), ADAMW, sampler=dict(steps=2, guidance=[1.5]), **kw)
+
+
+def frameprompt(**kw):
+    return FramePrompt(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[1.0]), **kw)
+
+
+@pytest.mark.parametrize("make", [unianimate, frameprompt])
+def test_loss_backward_and_generate_shapes(make):
+    system = make()
+    batch = fake_batch()
+    loss = system.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in system.backbone.transformer.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    video = system.generate(batch)
+    assert video.shape == batch["video"].shape and video.abs().max() <= 1
+
+
+def test_generate_ignores_ground_truth_video():
+    system = unianimate().eval()
+    batch = fake_batch()
+    a = system.generate(batch, seed=3)
+    batch["video"] = torch.zeros_like(batch["video"])
+    b = system.generate(batch, seed=3)
+    torch.testing.assert_close(a, b)
+
+
+def test_unianimate_pose_encoder_receives_gradient_after_first_step():
+    system = unianimate()
+    opt = system.configure_optimizers()
+    batch = fake_batch()
+    for _ in range(2):
+        opt.zero_grad()
+        system.loss(batch).backward()
+        opt.step()
+    first = system.pose_encoder.features[0].weight.grad
+    assert first is not None and first.abs().sum() > 0
+
+
+def test_unianimate_requires_i2v_channels():
+    with pytest.raises(ValueError, match="in_channels = 36"):
+        UniAnimate(tiny_backbone(16), ADAMW)
+
+
+def test_unknown_dropout_condition_is_rejected():
+    with pytest.raises(ValueError, match="valid"):
+        UniAnimate(tiny_backbone(36), ADAMW, condition_dropout={"face": 0.1})
+
+
+def test_frameprompt_sequence_roles_and_loss_frames():
+    batch = fake_batch()
+    for loss_frames in ("half", "all"):
+        system = frameprompt(loss_frames=loss_frames)
+        latents = system.encode(batch, system.latent_names(training=True))
+        drops = system.level_drops(1, 2)
+        seq = system.build_sequence(batch, latents, drops, training=True)
+        # [reference (1) | pose (2) | target (2)] latent frames
+        assert seq.clean.shape[2] == 5 and seq.target == slice(3, 5)
+        assert seq.generate[0].tolist() == [False, False, False, True, True]
+        per_frame = seq.loss_weight[0, 0, :, 0, 0].tolist()
+        assert per_frame == ([0, 0, 0, 1, 1] if loss_frames == "half" else [1, 1, 1, 1, 1])
+        torch.testing.assert_close(seq.clean[:, :, :1], latents["reference"])
+
+
+def test_frameprompt_without_selective_noise_noises_context_in_training_only():
+    system = frameprompt(selective_noise=False)
+    batch = fake_batch()
+    latents = system.encode(batch, system.latent_names(training=True))
+    drops = system.level_drops(1, 2)
+    assert system.build_sequence(batch, latents, drops, training=True).generate.all()
+    latents = system.encode(batch, system.latent_names(training=False))
+    assert not system.build_sequence(batch, latents, drops, training=False).generate[:, :3].any()
+
+
+def test_causal_mask_semantics():
+    is_target = torch.tensor([[False, True]])
+    mask = context_causal_mask(is_target, tokens_per_frame=2)[0, 0]
+    # rows = queries; context queries see context only; target queries see everything
+    assert mask.tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4, [True] * 4]
+
+
+def test_frameprompt_causal_mask_keeps_context_blind_to_target():
+    system = frameprompt(causal_mask=True).eval()
+    batch = fake_batch(b=1)
+    latents = system.encode(batch, system.latent_names(training=True))
+    seq = system.build_sequence(batch, latents, system.level_drops(1, 1), training=True)
+    t = torch.zeros(1, 5)
+    out1 = system.backbone(seq.packed(seq.clean, t))
+    changed = seq.clean.clone()
+    changed[:, :, 3:] += 1
+    out2 = system.backbone(seq.packed(changed, t))
+    torch.testing.assert_close(out1[:, :, :3], out2[:, :, :3])
+    assert not torch.allclose(out1[:, :, 3:], out2[:, :, 3:])
+
+
+def test_cfg_levels_batched_in_one_forward():
+    system = unianimate().eval()
+    calls = []
+    forward = system.backbone.forward
+    system.backbone.forward = lambda packed: calls.append(packed.latents.shape[0]) or forward(packed)
+    system.generate(fake_batch(), steps=2, guidance=[1.5])
+    assert calls == [4, 4]  # unconditional + conditional, batch 2 each, one call per step
+    calls.clear()
+    system.generate(fake_batch(), steps=2, guidance=[1.0])
+    assert calls == [2, 2]
+
+
+def test_latent_sequence_cat_joins_injections():
+    a = LatentSequence(torch.zeros(1, 2, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, 1, 2, 2), slice(0, 1), injections={-1: torch.zeros(1, 1, 3)})
+    joined = LatentSequence.cat([a, a])
+    assert joined.clean.shape[0] == 2 and joined.injections[-1].shape[0] == 2
+
+
+def test_lora_trains_only_adapters_and_checkpoints_are_small(tmp_path):
+    system = unianimate(lora=dict(rank=4))
+    trainable = system.trainable_keys()
+    assert trainable and all("lora_" in k or "pose_encoder" in k for k in trainable)
+    ckpt = {"state_dict": system.state_dict()}
+    system.on_save_checkpoint(ckpt)
+    assert set(ckpt["state_dict"]) == trainable
+    merged = merged_state_dict(system.backbone.transformer)
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    plain = build_transformer(**ARCH)
+    expand_patch_embedding(plain, 36)
+    assert set(merged) == set(plain.state_dict())
+
+
+def test_lora_merge_matches_adapted_forward():
+    system = unianimate(lora=dict(rank=4, alpha=8))
+    for name, p in system.backbone.transformer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    plain = build_transformer(**ARCH)
+    expand_patch_embedding(plain, 36)
+    plain.load_state_dict(merged_state_dict(system.backbone.transformer))
+    x = torch.randn(1, 36, 2, 4, 4)
+    t = torch.tensor([500.0])
+    ctx = torch.randn(1, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(system.backbone.transformer(x, t, ctx).sample, plain(x, t, ctx).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_latent_cache_hits_on_second_encode(tmp_path):
+    system = UniAnimate(tiny_backbone(36), ADAMW, latent_cache=str(tmp_path))
+    batch = fake_batch()
+    first = system.encode(batch, ("video",))
+    second = system.encode(batch, ("video",))
+    torch.testing.assert_close(first["video"], second["video"])
+    assert system.latent_cache.misses == 2 and system.latent_cache.hits == 2
