@@ -1,0 +1,243 @@
+"""Evaluation of generated clips against ground truth: per clip and overall, at several horizons.
+
+A horizon is the first ``seconds * fps`` frames of every clip (EverAnimate's 10/30/60/90 s at
+25 fps); ``full`` is the whole clip and is always reported. Each horizon has its own
+:class:`MetricSuite` (the feature networks are loaded once and shared). Clips shorter than a
+horizon are left out of it and counted. Results go to ``per_clip.csv``, ``summary.json`` and
+``summary.csv`` in the run directory; :func:`log_report` sends them to a Lightning logger.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from metrics.media import ClipPair, pair_clips, read_clip, read_keypoints, read_person_mask, sidecar
+from metrics.suite import MetricSuite
+from metrics.video import frame_ranges, resize_frames, to_uint8
+
+log = logging.getLogger(__name__)
+
+SIZE_POLICIES = ("error", "resize")
+LENGTH_POLICIES = ("truncate", "error")
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """A report horizon: the first ``frames`` frames of each clip (``None`` = the whole clip)."""
+
+    name: str
+    frames: int | None
+
+
+def horizons(seconds: Sequence[float], fps: float) -> list[Horizon]:
+    """``full`` plus one horizon per duration in seconds."""
+    return [Horizon("full", None)] + [Horizon(f"{s:g}s", round(s * fps)) for s in seconds]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """An aligned pair: uint8 ``(3, T, H, W)`` videos and the target's optional extras."""
+
+    name: str
+    generated: torch.Tensor
+    target: torch.Tensor
+    keypoints: torch.Tensor | None = None  # (T, 133, 3) pixels of the target frames
+    person_mask: torch.Tensor | None = None  # (T, H, W) bool
+
+    @property
+    def frames(self) -> int:
+        """Frame count T."""
+        return self.target.shape[1]
+
+    def prefix(self, frames: int) -> Clip:
+        """The first ``frames`` frames (views, no copy)."""
+        return replace(
+            self,
+            generated=self.generated[:, :frames],
+            target=self.target[:, :frames],
+            keypoints=None if self.keypoints is None else self.keypoints[:frames],
+            person_mask=None if self.person_mask is None else self.person_mask[:frames],
+        )
+
+
+def resize_clip(clip: torch.Tensor, size: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    """Resize a uint8 ``(3, T, H, W)`` clip to ``size`` (bicubic, antialiased), ``chunk`` frames at a time."""
+    out = torch.empty((3, clip.shape[1], *size), dtype=torch.uint8)
+    for start, stop in frame_ranges(clip.shape[1], chunk):
+        frames = clip[:, start:stop].transpose(0, 1).float() / 255.0  # (t, 3, H, W)
+        out[:, start:stop] = to_uint8(resize_frames(frames, size, "bicubic", antialias=True)).transpose(0, 1)
+    return out
+
+
+def align(
+    name: str, generated: torch.Tensor, target: torch.Tensor, on_size_mismatch: str, on_length_mismatch: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make a pair the same size and length, or refuse, as the policies say."""
+    if generated.shape[2:] != target.shape[2:]:
+        message = f"{name}: generated frames are {tuple(generated.shape[2:])}, ground truth {tuple(target.shape[2:])}"
+        if on_size_mismatch == "error":
+            raise ValueError(message + " (set on_size_mismatch=resize to resize the generated frames)")
+        log.warning("%s: resizing the generated frames", message)
+        generated = resize_clip(generated, tuple(target.shape[2:]))
+    if generated.shape[1] != target.shape[1]:
+        message = f"{name}: generated has {generated.shape[1]} frames, ground truth {target.shape[1]}"
+        if on_length_mismatch == "error":
+            raise ValueError(message + " (set on_length_mismatch=truncate to compare the common frames)")
+        frames = min(generated.shape[1], target.shape[1])
+        log.warning("%s: comparing the first %d", message, frames)
+        generated, target = generated[:, :frames], target[:, :frames]
+    return generated, target
+
+
+def load_clip(
+    pair: ClipPair, needs_keypoints: bool, needs_person_mask: bool, on_size_mismatch: str, on_length_mismatch: str
+) -> Clip:
+    """Read, align and attach the sidecars the suite needs."""
+    target = read_clip(pair.target)
+    frames, height, width = target.shape[1:]
+    keypoints = read_keypoints(pair.target, frames) if needs_keypoints else None
+    person_mask = read_person_mask(pair.target, frames, height, width) if needs_person_mask else None
+    generated, target = align(pair.name, read_clip(pair.generated), target, on_size_mismatch, on_length_mismatch)
+    clip = Clip(pair.name, generated, target, keypoints, person_mask)
+    return clip.prefix(clip.frames)  # trims the sidecars to the aligned length
+
+
+class Evaluation:
+    """Per-horizon suites fed one clip at a time; keeps the per-clip rows."""
+
+    def __init__(self, metrics_cfg: Mapping | DictConfig, report_horizons: Sequence[Horizon], device: torch.device):
+        self.horizons = list(report_horizons)
+        self.suites = {h.name: MetricSuite.from_config(metrics_cfg).to(device) for h in self.horizons}
+        self.rows: list[dict] = []
+        self.too_short: Counter[str] = Counter()
+        self.clips: Counter[str] = Counter()
+
+    @property
+    def suite(self) -> MetricSuite:
+        """The whole-clip suite (all suites share one configuration)."""
+        return self.suites["full"]
+
+    def add(self, clip: Clip) -> None:
+        """Evaluate one clip at every horizon it reaches."""
+        for horizon in self.horizons:
+            frames = clip.frames if horizon.frames is None else horizon.frames
+            if clip.frames < frames:
+                self.too_short[horizon.name] += 1
+                continue
+            part = clip.prefix(frames)
+            per_clip = self.suites[horizon.name].update(
+                part.generated[None],
+                part.target[None],
+                None if part.keypoints is None else part.keypoints[None],
+                None if part.person_mask is None else part.person_mask[None],
+            )
+            self.clips[horizon.name] += 1
+            values = {name: float(v[0]) for name, v in per_clip.items()}
+            self.rows.append({"clip": clip.name, "horizon": horizon.name, "frames": frames, **values})
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{horizon: {clips, clips_too_short, <metrics>}}``; metrics only where a clip was evaluated."""
+        summary = {}
+        for horizon in self.horizons:
+            counts = {"clips": self.clips[horizon.name], "clips_too_short": self.too_short[horizon.name]}
+            metrics = self.suites[horizon.name].compute() if counts["clips"] else {}
+            summary[horizon.name] = {**counts, **metrics}
+        return summary
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise unless a config value is one of its choices."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_sidecars(pairs: Sequence[ClipPair], keypoints: bool, person_mask: bool) -> None:
+    """Raise before any work if a needed ``NAME.pose.npy`` / ``NAME.mask.npy`` is missing."""
+    suffixes = [".pose.npy"] * keypoints + [".mask.npy"] * person_mask
+    missing = [path for pair in pairs for suffix in suffixes if not (path := sidecar(pair.target, suffix)).is_file()]
+    if missing:
+        shown = ", ".join(str(path) for path in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise FileNotFoundError(f"{len(missing)} ground-truth sidecar file(s) needed by the metrics are missing: {shown}")
+
+
+def run_evaluation(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Evaluate ``cfg.generated`` against ``cfg.target`` (folders or single clips); write and return the reports.
+
+    Returns the per-clip rows and the summary ``{horizon: {clips, clips_too_short, <metrics>}}``.
+    """
+    check_choice("on_size_mismatch", cfg.on_size_mismatch, SIZE_POLICIES)
+    check_choice("on_length_mismatch", cfg.on_length_mismatch, LENGTH_POLICIES)
+    pairs = pair_clips(Path(cfg.generated), Path(cfg.target))
+    evaluation = Evaluation(cfg.metrics, horizons(cfg.horizons_s, cfg.fps), resolve_device(cfg.device))
+    log.info("evaluating %d clip(s) with %s", len(pairs), ", ".join(cfg.metrics.names))
+    suite = evaluation.suite
+    check_sidecars(pairs, suite.needs_keypoints, suite.needs_person_mask)
+    for pair in tqdm(pairs, desc="evaluate", unit="clip"):
+        clip = load_clip(pair, suite.needs_keypoints, suite.needs_person_mask, cfg.on_size_mismatch, cfg.on_length_mismatch)
+        evaluation.add(clip)
+    summary = evaluation.summary()
+    write_reports(out_dir, evaluation.rows, summary, cfg)
+    for horizon, values in summary.items():
+        log.info("%s: %s", horizon, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return evaluation.rows, summary
+
+
+def json_safe(value: float) -> float | None:
+    """NaN/inf -> None (strict JSON has no NaN)."""
+    return value if math.isfinite(value) else None
+
+
+def row_columns(rows: Iterable[Mapping]) -> list[str]:
+    """The keys of rows with possibly different keys, in first-seen order."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def write_csv(path: Path, rows: Iterable[Mapping]) -> None:
+    """Rows as one CSV; a row lacking a column leaves it empty."""
+    rows = list(rows)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=row_columns(rows))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_reports(out_dir: Path, rows: list[dict], summary: dict[str, dict[str, float]], cfg: DictConfig) -> None:
+    """``per_clip.csv``, ``summary.csv`` and ``summary.json`` (with the inputs and metric config)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "per_clip.csv", rows)
+    write_csv(out_dir / "summary.csv", ({"horizon": h, **values} for h, values in summary.items()))
+    report = {
+        "generated": str(cfg.generated),
+        "target": str(cfg.target),
+        "fps": cfg.fps,
+        "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
+        "summary": {h: {k: json_safe(v) for k, v in values.items()} for h, values in summary.items()},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
+
+
+def log_report(logger, rows: list[dict], summary: dict[str, dict[str, float]]) -> None:
+    """Log the summary as ``eval/<horizon>/<name>`` to a Lightning logger, and the per-clip table to W&B."""
+    logger.log_metrics({f"eval/{h}/{name}": value for h, values in summary.items() for name, value in values.items()})
+    if hasattr(logger, "log_table"):
+        columns = row_columns(rows)
+        logger.log_table("eval/per_clip", columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+    logger.finalize("success")
