@@ -1,0 +1,208 @@
+"""AnimationDataModule on a tiny synthetic dataset: batch contract, epochs, seeds, ranks, bad shards."""
+
+import io
+import json
+import os
+import shutil
+import tarfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from data.datamodule import AnimationDataModule
+
+TINY = dict(train_identities=3, val_identities=2, test_identities=1, clips_per_identity=2, frames=17, size=64,
+            image_pairs_per_identity=1, samples_per_shard=2)
+BATCH_KEYS = {"video", "pose", "reference", "reference_pose", "keypoints", "reference_keypoints", "loss_weight",
+              "person_mask", "has_person_mask", "key", "cache_key"}
+
+
+def make_module(root=None, **overrides):
+    """A datamodule with tiny buckets (64 / 48 px, 5 / 9 frames)."""
+    options = dict(root=root, batch_size=2, num_workers=0, resolutions={64: 0.7, 48: 0.3}, frame_buckets=[5, 9],
+                   video_image_ratio=[1, 1], epoch_batches=3, val_samples=4, seed=0)
+    options.update(overrides)
+    return AnimationDataModule(**options)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The tiny synthetic dataset, created through prepare_data."""
+    root = tmp_path_factory.mktemp("puppets")
+    module = make_module(root, synthetic=TINY)
+    module.prepare_data()
+    assert (root / "manifest.json").is_file()
+    return root
+
+
+def train_batches(module, epochs=1):
+    """Batches of ``epochs`` passes over one train dataloader, bad-sample counts moved to the module."""
+    loader = module.train_dataloader()
+    batches = []
+    for _ in range(epochs):
+        for batch in loader:
+            batches.append(module.on_before_batch_transfer(batch, 0))
+    return batches
+
+
+def test_train_batches_follow_the_contract(dataset):
+    batches = train_batches(make_module(dataset, epoch_batches=6))
+    assert len(batches) == 6
+    assert {batch["video"].shape[2] for batch in batches} >= {1, 5}  # images and clips
+    for batch in batches:
+        assert set(batch) == BATCH_KEYS
+        b, channels, frames, height, width = batch["video"].shape
+        assert channels == 3 and frames in (1, 5, 9) and height % 16 == 0 and width % 16 == 0
+        assert batch["pose"].shape == batch["video"].shape
+        assert batch["reference"].shape == batch["reference_pose"].shape == (b, 3, height, width)
+        for name in ("video", "pose", "reference", "reference_pose"):
+            assert batch[name].dtype == torch.float32 and -1 <= batch[name].min() and batch[name].max() <= 1
+        assert batch["pose"].max() > 0.9  # something was drawn
+        assert batch["keypoints"].shape == (b, frames, 133, 3)
+        assert batch["reference_keypoints"].shape == (b, 133, 3)
+        assert batch["loss_weight"].shape == (b, 1 + (frames - 1) // 4, height // 16, width // 16)
+        assert set(batch["loss_weight"].unique().tolist()) <= {0.0, 1.0, 3.0}
+        assert batch["person_mask"].shape == (b, frames, height, width) and batch["person_mask"].dtype == torch.bool
+        assert batch["has_person_mask"].all() and batch["person_mask"].any()
+        assert len(batch["key"]) == len(batch["cache_key"]) == b
+
+
+def test_cache_key_identifies_the_pixels(dataset):
+    batches = train_batches(make_module(dataset, epoch_batches=8, frame_buckets=[5], resolutions={64: 1.0}))
+    samples = [(key, video, reference) for batch in batches
+               for key, video, reference in zip(batch["cache_key"], batch["video"], batch["reference"])]
+    assert len({key for key, _, _ in samples}) > 8
+    for key, video, reference in samples:
+        for other_key, other_video, other_reference in samples:
+            same = video.shape == other_video.shape and torch.equal(video, other_video) \
+                and torch.equal(reference, other_reference)
+            assert (key == other_key) == same
+
+
+def test_loss_weights_mark_heads(dataset):
+    batches = train_batches(make_module(dataset, epoch_batches=4, video_image_ratio=[1]))
+    assert any((batch["loss_weight"] == 3.0).any() for batch in batches)
+
+
+def test_epochs_have_epoch_batches_and_differ(dataset):
+    module = make_module(dataset)
+    batches = train_batches(module, epochs=2)
+    assert len(batches) == 6
+    first, second = [sum((batch["cache_key"] for batch in part), []) for part in (batches[:3], batches[3:])]
+    assert first != second
+
+
+def test_same_seed_same_batches_other_seed_other_batches(dataset):
+    def keys_and_videos(seed, workers):
+        batches = train_batches(make_module(dataset, seed=seed, num_workers=workers))
+        assert len(batches) == 3
+        return [batch["cache_key"] for batch in batches], [batch["video"] for batch in batches]
+
+    keys, videos = keys_and_videos(0, 0)
+    again_keys, again_videos = keys_and_videos(0, 0)
+    assert keys == again_keys and all(torch.equal(a, b) for a, b in zip(videos, again_videos))
+    assert keys_and_videos(1, 0)[0] != keys
+    assert keys_and_videos(0, 2)[0] == keys_and_videos(0, 2)[0]
+
+
+def test_validation_is_fixed_and_split_disjointly_over_ranks(dataset, monkeypatch):
+    module = make_module(dataset, val_samples=4)
+    whole = [batch for batch in module.val_dataloader()]
+    keys = [key for batch in whole for key in batch["key"]]
+    assert len(keys) == 4 and len(set(keys)) == 4 and all(key.startswith("val-") for key in keys)
+    for batch in whole:
+        assert batch["video"].shape[2] == 9  # largest frame bucket a 17-frame clip fills
+        assert all("|start0|" in key and key.endswith(":0") for key in batch["cache_key"])
+        assert max(batch["video"].shape[-2:]) == 64  # first resolution
+    assert keys == [key for batch in module.val_dataloader() for key in batch["key"]]
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append({key for batch in module.val_dataloader() for key in batch["key"]})
+    assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == set(keys)
+
+
+def test_heldout_image_pairs_reference_their_partner(dataset):
+    module = make_module(dataset)
+    batches = module.heldout_samples("test", 2, kind="image")
+    assert len(batches) == 1 and batches[0]["video"].shape[:3] == (2, 3, 1)
+    batch = batches[0]
+    assert batch["key"][0].endswith("-a") and batch["key"][1].endswith("-b")
+    torch.testing.assert_close(batch["reference"][0], batch["video"][1, :, 0])
+    torch.testing.assert_close(batch["reference"][1], batch["video"][0, :, 0])
+    assert batch["cache_key"][0].endswith(f"|ref{batch['key'][1]}:0")
+    test_keys = [key for batch in module.test_dataloader() for key in batch["key"]]
+    assert len(test_keys) == 2 and all(key.startswith("test-") and "-clip" in key for key in test_keys)
+
+
+def _corrupt_first_video(source, target):
+    """Copy a shard, replacing the first mp4 member's bytes with same-length garbage."""
+    with tarfile.open(source) as reader, tarfile.open(target, "w") as writer:
+        corrupted = None
+        for member in reader.getmembers():
+            data = reader.extractfile(member).read()
+            if corrupted is None and member.name.endswith(".mp4"):
+                corrupted, data = member.name.split(".")[0], bytes(len(data))
+            writer.addfile(member, io.BytesIO(data))
+    return corrupted
+
+
+def test_bad_shards_are_skipped_and_counted(dataset, tmp_path):
+    good = [str(dataset / "val" / name) for name in ("shard-000000.tar", "shard-000001.tar")]
+    truncated, corrupted = str(tmp_path / "shard-000002.tar"), str(tmp_path / "shard-000003.tar")
+    shutil.copy(good[0], truncated)
+    os.truncate(truncated, os.path.getsize(truncated) // 2)
+    bad_key = _corrupt_first_video(good[1], corrupted)
+    module = make_module(val_urls=[good[0], truncated, corrupted], val_samples=100)
+    batches = [module.on_before_batch_transfer(batch, 0) for batch in module.val_dataloader()]
+    keys = [key for batch in batches for key in batch["key"]]
+    assert bad_key.endswith("clip00") and bad_key not in keys and bad_key.replace("clip00", "clip01") in keys
+    assert 3 <= len(keys) <= 4  # 2 good, 1 from the corrupted shard, 0 or 1 before the truncation
+    report = module.bad_sample_report()
+    assert report.get("unreadable_video") == 1 and report.get("truncated") == 1, report
+    assert sum(report.values()) == 2
+    assert module.log_bad_samples() == "data: 2 bad samples skipped (truncated 1, unreadable_video 1)"
+
+
+def test_bad_samples_in_workers_reach_the_main_process(dataset, tmp_path):
+    corrupted = str(tmp_path / "shard-000000.tar")
+    _corrupt_first_video(str(dataset / "train" / "shard-000000.tar"), corrupted)
+    module = make_module(train_urls=[corrupted, str(dataset / "train" / "shard-000001.tar")], num_workers=2,
+                         epoch_batches=6)
+    assert len(train_batches(module)) == 6
+    assert module.bad_sample_report().get("unreadable_video", 0) >= 1
+
+
+def test_missing_data_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m data.synthetic"):
+        make_module(tmp_path / "absent").setup("fit")
+    with pytest.raises(FileNotFoundError, match="python -m data.synthetic"):
+        make_module(tmp_path).setup("fit")  # exists, but no manifest
+    missing = str(tmp_path / "train-{000000..000001}.tar")
+    with pytest.raises(FileNotFoundError, match="train-000000.tar does not exist"):
+        make_module(train_urls=missing).train_dataloader()
+
+
+def _ddp_worker(rank, root, out_dir):
+    """One gloo rank: record its validation keys and first training cache keys."""
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2)
+    try:
+        module = make_module(root, val_samples=4, epoch_batches=2, num_workers=1)  # no process group in workers
+        val_keys = [key for batch in module.val_dataloader() for key in batch["key"]]
+        train_keys = [key for batch in module.train_dataloader() for key in batch["cache_key"]]
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as file:
+            json.dump({"val": val_keys, "train": train_keys}, file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes each import torch + lightning: ~15 s on 2 cores
+def test_ddp_ranks_get_distinct_data(dataset, tmp_path):
+    mp.spawn(_ddp_worker, args=(str(dataset), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["val"] and ranks[1]["val"] and not set(ranks[0]["val"]) & set(ranks[1]["val"])
+    assert len(ranks[0]["val"]) + len(ranks[1]["val"]) == 4
+    assert ranks[0]["train"] != ranks[1]["train"]
