@@ -239,6 +239,15 @@ class VideoAutoencoder(nn.Module):
         return self.vae.config.z_dim
 
     @torch.no_grad()
+    def fingerprint(self) -> str:
+        """A hash of the weights and config: latent caches are valid for this VAE only."""
+        digest = hashlib.sha1(repr(sorted(self.vae.config.items())).encode())
+        for name, tensor in sorted(self.vae.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> normalised posterior mean (B, z, 1 + (T-1)/4, H/8, W/8)."""
         WAN.check_frames(video.shape[2])

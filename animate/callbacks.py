@@ -72,9 +72,9 @@ class SampleVideos(L.Callback):
         """The first validation batch, cut to ``num_samples`` clips (fixed for the whole run)."""
         if self._batch is None:
             datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "heldout_batch"):
+            if datamodule is None or not hasattr(datamodule, "heldout_samples"):
                 return None
-            self._batch = datamodule.heldout_batch(self.num_samples)
+            self._batch = datamodule.heldout_samples("val", self.num_samples)[0]
         return self._batch
 
     @rank_zero_only
@@ -115,6 +115,15 @@ class SampleVideos(L.Callback):
 def move_batch(batch: dict, device: torch.device) -> dict:
     """Tensors of a batch dict to ``device``."""
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+class BadSampleReport(L.Callback):
+    """At each epoch end, log ``data/bad_samples/<reason>`` and print one line (all ranks gather)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "log_bad_samples"):
+            datamodule.log_bad_samples(pl_module)
 
 
 class Throughput(L.Callback):

@@ -18,7 +18,8 @@ first ``val_samples`` video samples of the split in shard order, not resampled, 
 ``i`` to share ``i mod (world_size * workers)``: disjoint across ranks and workers, complete, and
 the same set for any world size. Evaluation buckets are fixed: the first resolution's size
 closest to the clip's aspect ratio, the largest frame bucket the clip fills, the window from
-frame 0 and the first frame as reference (inside the window, as UniAnimate-DiT conditions).
+frame 0, and as reference the last frame outside the window (``reference="random"``) or frame
+0 (``reference="first"``, the TikTok benchmark protocol, where the reference is a target frame).
 
 Image samples (``kind == "image"``) are pose-transfer pairs: two images of one identity naming
 each other in ``pair``; each becomes a one-frame target whose reference is its partner (an image
@@ -34,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -220,12 +222,21 @@ class SamplePreparer:
             return self.sampler.plan_fixed(height, width, num_frames)
         return self.sampler.plan(height, width, num_frames, rng)
 
-    def reference_index(self, num_frames: int, window: np.ndarray, rng: np.random.Generator) -> int:
-        """Reference frame: the first, or a random frame outside the window (any frame if none is)."""
-        if self.fixed or self.reference == "first":
-            return 0
+    def reference_index(self, key: str, num_frames: int, window: np.ndarray, rng: np.random.Generator) -> int:
+        """Reference frame: ``first`` = frame 0; ``random`` = a frame outside the window.
+
+        Evaluation (fixed) takes the last frame outside the window, so no generated frame can be
+        copied from the reference. Training with fixed windows draws one reference per clip
+        (seeded by the key), so the latent cache hits; otherwise a new one each time.
+        """
         outside = np.setdiff1d(np.arange(num_frames), window)
-        return int(rng.choice(outside if len(outside) else np.arange(num_frames)))
+        if self.reference == "first" or not len(outside):
+            return 0
+        if self.fixed:
+            return int(outside[-1])
+        if not self.sampler.random_window:
+            rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+        return int(rng.choice(outside))
 
     def prepare(self, sample: Sample, partner: Sample | None, rng: np.random.Generator) -> dict:
         """Crop, resize, render and weigh one sample into the per-sample form of the training batch."""
@@ -234,7 +245,7 @@ class SamplePreparer:
         frames = crop_resize_frames(sample.frames[plan.frame_indices], plan.box, plan.size)  # (T, 3, H, W)
         keypoints = transform_keypoints(sample.keypoints[plan.frame_indices], plan.box, plan.size)  # (T, 133, 3)
         if partner is None:
-            source, reference_index = sample, self.reference_index(len(sample.frames), plan.frame_indices, rng)
+            source, reference_index = sample, self.reference_index(sample.key, len(sample.frames), plan.frame_indices, rng)
         else:
             source, reference_index = partner, 0
         reference_box = center_crop_box(*source.frames.shape[1:3], plan.size)
@@ -287,7 +298,7 @@ class AnimationDataModule(L.LightningDataModule):
     def __init__(self, root: str | None = None, train_urls: str | Sequence[str] | None = None,
                  val_urls: str | Sequence[str] | None = None, test_urls: str | Sequence[str] | None = None,
                  synthetic: Mapping[str, Any] | None = None, batch_size: int = 2, num_workers: int = 0,
-                 resolutions: Mapping[int, float] | None = None, aspect_ratios: Sequence | Mapping | None = None,
+                 resolution: int | None = None, resolutions: Mapping[int, float] | None = None, aspect_ratios: Sequence | Mapping | None = None,
                  frame_buckets: Sequence[int] = (9, 17), frame_probs: Sequence[float] | None = None,
                  frame_stride: int = 1, video_image_ratio: Sequence[float] = (6, 1), epoch_batches: int = 100,
                  val_samples: int = 16, random_window: bool = True, reference: str = "random", w_roi: float = 3.0,
@@ -305,7 +316,7 @@ class AnimationDataModule(L.LightningDataModule):
         self.synthetic = None if synthetic is None else dict(synthetic)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.sampler = BucketSampler(
-            dict(resolutions or {128: 1.0}), aspect_ratios, list(frame_buckets),
+            dict(resolutions or {resolution or 128: 1.0}), aspect_ratios, list(frame_buckets),
             None if frame_probs is None else list(frame_probs), frame_stride, random_window)
         weights = [float(weight) for weight in video_image_ratio] + [0.0]  # the image part is optional
         self.video_weight, self.image_weight = weights[0], weights[1]

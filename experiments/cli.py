@@ -62,7 +62,10 @@ def resume_arguments(args: list[str]) -> tuple[str | None, list[str]]:
 def run(task: Callable, argv: list[str] | None = None, default_conf: str | None = None) -> None:
     """Compose ``conf/<conf>.yaml`` with the overrides in ``argv`` and call ``task(cfg)`` through Hydra."""
     args = list(sys.argv[1:] if argv is None else argv)
-    resumed_conf, args = resume_arguments(args)
+    relaunched = _value(args, "--config-name")  # Lightning's DDP launcher re-runs the rewritten argv
+    if relaunched:
+        args = [a for a in args if not a.startswith("--config-name=")] + [f"conf={relaunched}"]
+    resumed_conf, args = (None, args) if relaunched else resume_arguments(args)
     conf = _value(args, "conf") or resumed_conf or default_conf
     if conf is None:
         raise UsageError(f"say which experiment: conf=NAME with NAME one of {', '.join(experiment_names())}")

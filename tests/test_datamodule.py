@@ -114,7 +114,8 @@ def test_validation_is_fixed_and_split_disjointly_over_ranks(dataset, monkeypatc
     assert len(keys) == 4 and len(set(keys)) == 4 and all(key.startswith("val-") for key in keys)
     for batch in whole:
         assert batch["video"].shape[2] == 9  # largest frame bucket a 17-frame clip fills
-        assert all("|start0|" in key and key.endswith(":0") for key in batch["cache_key"])
+        # evaluation reference: the last frame outside the window, never a frame to be generated
+        assert all("|start0|" in key and key.endswith(":16") for key in batch["cache_key"])
         assert max(batch["video"].shape[-2:]) == 64  # first resolution
     assert keys == [key for batch in module.val_dataloader() for key in batch["key"]]
     shares = []
@@ -123,6 +124,23 @@ def test_validation_is_fixed_and_split_disjointly_over_ranks(dataset, monkeypatc
         monkeypatch.setenv("WORLD_SIZE", "2")
         shares.append({key for batch in module.val_dataloader() for key in batch["key"]})
     assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == set(keys)
+
+
+def test_reference_first_is_frame_zero_in_evaluation(dataset):
+    module = make_module(dataset, val_samples=2, reference="first")
+    assert all(key.endswith(":0") for batch in module.val_dataloader() for key in batch["cache_key"])
+
+
+def test_fixed_windows_keep_one_reference_per_clip_across_epochs(dataset):
+    module = make_module(dataset, random_window=False, resolutions={64: 1.0}, frame_buckets=[9], epoch_batches=8)
+    loader = module.train_dataloader()
+    seen: dict = {}
+    for _ in range(2):
+        for batch in loader:
+            for key, cache_key in zip(batch["key"], batch["cache_key"]):
+                seen.setdefault(key, set()).add(cache_key)
+    assert sum(len(keys) for keys in seen.values()) > 0 and max(len(keys) for keys in seen.values()) == 1
+    assert any(not key.endswith(":0") for keys in seen.values() for key in keys)  # drawn, not frame 0
 
 
 def test_heldout_image_pairs_reference_their_partner(dataset):

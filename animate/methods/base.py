@@ -9,17 +9,20 @@ dropout, cumulative CFG, sampling, optimizers and small checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from animate.backbone import AttentionBranch, PackedInput, WanBackbone
 from animate.flow import euler_sample, flow_loss, guidance_weights, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
+from metrics.suite import MetricSuite
 
 
 @dataclass
@@ -106,9 +109,9 @@ class AnimationSystem(L.LightningModule):
         if unknown:
             raise ValueError(f"condition_dropout names {sorted(unknown)} unknown to {type(self).__name__}: valid {list(self.conditions)}")
         self.region_weights = region_weights
-        self.latent_cache = LatentCache(latent_cache, namespace=type(self).__name__)
+        self.latent_cache = LatentCache(latent_cache, namespace=backbone.vae.fingerprint() if latent_cache and backbone.vae else "")
         self.val_sample_batches = val_sample_batches
-        self.metrics = metrics
+        self.metrics = MetricSuite.from_config(metrics) if isinstance(metrics, (Mapping, DictConfig)) else metrics
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         if backbone.vae is not None:
             backbone.vae.requires_grad_(False)
@@ -129,7 +132,7 @@ class AnimationSystem(L.LightningModule):
             return batch["video"]
         if name == "pose":
             return batch["pose"]
-        if name == "reference":
+        if name == "reference":  # one frame: (B, 3, 1, H, W)
             return batch["reference"][:, :, None]
         if name == "reference_clip":  # Wan I2V: the reference followed by zero frames
             video = batch["video"]

@@ -2,6 +2,8 @@
 
 - The reference enters the I2V way: the VAE latent of [reference, zero frames] and a 4-channel
   first-frame mask are concatenated on channels with the noisy latent (``channel_cond``).
+  ``reference_latent="frame0"`` encodes the reference alone and pads with zero latents: 17x
+  cheaper to encode, for CPU runs from scratch (a pretrained I2V model expects ``"i2v"``).
 - :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
@@ -42,6 +44,7 @@ class UniAnimate(AnimationSystem):
         optimizer,
         pose_encoder: dict | None = None,
         reference_pose_encoder: bool = True,
+        reference_latent: str = "i2v",
         **kwargs,
     ):
         pose_cfg = dict(channels=16, num_layers=7, zero_init=True) | dict(pose_encoder or {})
@@ -52,7 +55,10 @@ class UniAnimate(AnimationSystem):
                 f"UniAnimate needs a Wan I2V backbone with in_channels = {expected} (latents + mask + reference latent), "
                 f"got {backbone.in_channels}: set backbone.transformer.in_channels={expected}"
             )
+        if reference_latent not in ("i2v", "frame0"):
+            raise ValueError(f"method.reference_latent={reference_latent!r}: use 'i2v' or 'frame0'")
         super().__init__(backbone, optimizer, **kwargs)
+        self.reference_latent = reference_latent
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         self.pose_encoder = PoseVideoEncoder(backbone.dim, **pose_cfg, compression=backbone.compression)
         self.reference_pose_encoder = (
@@ -62,10 +68,19 @@ class UniAnimate(AnimationSystem):
         )
 
     def latent_names(self, training: bool) -> tuple[str, ...]:
-        return ("video", "reference_clip") if training else ("reference_clip",)
+        reference = "reference_clip" if self.reference_latent == "i2v" else "reference"
+        return ("video", reference) if training else (reference,)
+
+    def reference_latents(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
+        """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V) or VAE(reference) then zeros."""
+        if self.reference_latent == "i2v":
+            return latents["reference_clip"]
+        c, f, h, w = self.target_latent_shape(batch)
+        reference = latents["reference"]  # (B, C, 1, h, w)
+        return torch.cat([reference, reference.new_zeros(reference.shape[0], c, f - 1, h, w)], dim=2)
 
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
-        reference = latents["reference_clip"]  # (B, C, F, h, w)
+        reference = self.reference_latents(batch, latents)  # (B, C, F, h, w)
         b, _, f, h, w = reference.shape
         clean = latents["video"] if training else torch.zeros_like(reference)
         y = torch.cat([first_frame_mask(b, f, h, w).to(reference), keep_samples(reference, drop["reference"])], dim=1)
