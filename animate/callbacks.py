@@ -39,11 +39,18 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
-class SaveOnInterrupt(L.Callback):
-    """On SIGTERM (preemption, ``kill``) save ``last.ckpt`` at the step boundary Lightning stops at."""
+class SaveLastCheckpoint(L.Callback):
+    """Save ``last.ckpt`` when training ends and on SIGTERM (preemption, ``kill``) or Ctrl-C.
+
+    Lightning stops at a step boundary on SIGTERM, so the saved state loses no step; periodic
+    checkpoints (ModelCheckpoint) cover a SIGKILL. Called on every rank; rank zero writes.
+    """
 
     def __init__(self, path: str):
         self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
@@ -152,7 +159,7 @@ class RunSummary(L.Callback):
         self._start = 0.0
         self._start_step = 0
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # after a resume restored the step
         self._start = time.perf_counter()
         self._start_step = trainer.global_step
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 import yaml
+from hydra.errors import InstantiationException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 NOT_EXPERIMENTS = {"fit", "evaluate", "generate"}  # base configs of the entry points, not experiments
@@ -73,4 +75,25 @@ def run(task: Callable, argv: list[str] | None = None, default_conf: str | None 
         raise UsageError(f"conf={conf}: no conf/{conf}.yaml; valid: {', '.join(experiment_names())}")
     overrides = [a for a in args if not a.startswith("conf=")]
     sys.argv = [sys.argv[0], f"--config-name={conf}", *overrides]
-    hydra.main(config_path=str(CONF_DIR), config_name=conf, version_base="1.3")(task)()
+    hydra.main(config_path=str(CONF_DIR), config_name=conf, version_base="1.3")(reported(task))()
+
+
+def reported(task: Callable) -> Callable:
+    """Turn configuration and missing-file errors into one-line messages instead of tracebacks."""
+
+    @functools.wraps(task)
+    def wrapper(cfg):
+        try:
+            return task(cfg)
+        except InstantiationException as exn:
+            cause = exn.__cause__ or exn
+            raise UsageError(f"{type(cause).__name__}: {_one_line(cause)}") from None
+        except FileNotFoundError as exn:
+            raise UsageError(_one_line(exn)) from None
+
+    return wrapper
+
+
+def _one_line(exn: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exn).split())

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from torchmetrics import MeanMetric
 from torch import Tensor
 
 from animate.backbone import AttentionBranch, PackedInput, WanBackbone
@@ -112,6 +113,7 @@ class AnimationSystem(L.LightningModule):
         self.latent_cache = LatentCache(latent_cache, namespace=backbone.vae.fingerprint() if latent_cache and backbone.vae else "")
         self.val_sample_batches = val_sample_batches
         self.metrics = MetricSuite.from_config(metrics) if isinstance(metrics, (Mapping, DictConfig)) else metrics
+        self.val_loss = MeanMetric()
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         if backbone.vae is not None:
             backbone.vae.requires_grad_(False)
@@ -196,15 +198,18 @@ class AnimationSystem(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(1000 + batch_idx)  # the same t and noise every epoch
         b = batch["video"].shape[0]
-        self.log("val/loss", self.loss(batch, generator), prog_bar=True, batch_size=b, sync_dist=True)
+        self.val_loss.update(self.loss(batch, generator), weight=b)
         if self.metrics is not None and batch_idx < self.val_sample_batches:
             video = self.generate(batch, seed=batch_idx)
             self.metrics.update(to_unit(video), to_unit(batch["video"]), keypoints=batch.get("keypoints"), person_mask=batch.get("person_mask"))
 
     def on_validation_epoch_end(self) -> None:
+        # every rank computes (and so syncs) the same metrics in the same order, even a rank that
+        # drew no validation batch: per-step sync_dist logging would deadlock on uneven shares
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)  # equal on all ranks
+        self.val_loss.reset()
         if self.metrics is not None:
-            for name, value in self.metrics.compute().items():
-                self.log(f"val/{name}", value, sync_dist=False)
+            self.log_dict({f"val/{k}": v for k, v in self.metrics.compute().items()}, sync_dist=True)
             self.metrics.reset()
 
     # ----- sampling ------------------------------------------------------------------------------

@@ -1,0 +1,281 @@
+"""Train the tiny default Wan VAE on the synthetic puppets.
+
+    python -m experiments.train_vae --out animate/assets/tiny_wan_vae
+
+The model is diffusers' ``AutoencoderKLWan`` (z_dim 16, 8x spatial and 4x causal temporal
+compression: the Wan2.1 architecture) at tiny width. It trains on random short clips (1 + 4k
+frames) and single frames, random square crops whose side is a multiple of 16, with L1 + MSE +
+an image-gradient loss and a small KL term. Afterwards the per-channel mean/std of the posterior
+means over training clips go into the config's ``latents_mean``/``latents_std`` (diffusers' Wan
+convention: ``z_normalised = (z - mean) / std``), the held-out reconstruction PSNR is printed
+(overall and inside the person mask), and the model is written in diffusers layout (config.json +
+diffusion_pytorch_model.safetensors, float32). Output is a function of the flags and the data
+(fixed seeds; CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+from tqdm import tqdm
+
+from animate.geometry import WAN
+from animate.weights import save_diffusers
+from data.shards import Sample, iter_shard_samples, read_manifest
+from metrics.pixel import frame_psnr, masked_frame_psnr
+
+DEFAULT_DATA = Path(os.environ.get("ANIMATE_CACHE", ".cache")) / "synthetic"
+TRAIN_FRAMES = (1, 5, 9)  # clip lengths drawn per step (1 + 4k; 1 = a single frame)
+EVAL_FRAMES = 17
+STATS_CLIPS = 64
+INITIAL_LOGVAR = -6.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; the defaults reproduce the shipped VAE."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.train_vae", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="output directory (diffusers layout)")
+    parser.add_argument("--data", type=Path, default=None, help=f"dataset directory with manifest.json (default: the synthetic puppets, generated into {DEFAULT_DATA} if missing)")
+    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="crop side range in pixels (multiples of 16)")
+    parser.add_argument("--pixels-per-step", type=int, default=4 * 5 * 80 * 80, help="batch size = this / (frames * side^2), at least 2")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (2e-3 and above stall on the mean-colour plateau)")
+    parser.add_argument("--l1-weight", type=float, default=0.1, help="weight of the L1 loss (MSE has weight 1; L1 at 1 stalls early training)")
+    parser.add_argument("--edge-weight", type=float, default=0.1, help="weight of the L1 loss on image gradients")
+    parser.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the per-element KL to N(0, 1)")
+    parser.add_argument("--base-dim", type=int, default=8, help="encoder width")
+    parser.add_argument("--decoder-base-dim", type=int, default=16, help="decoder width")
+    parser.add_argument("--dim-mult", type=int, nargs=4, default=(1, 1, 1, 1))
+    parser.add_argument("--num-res-blocks", type=int, default=0)
+    parser.add_argument("--eval-split", default="test", help="held-out split for the reported PSNR")
+    parser.add_argument("--eval-clips", type=int, default=None, help="held-out clips to score (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    low, high = args.size
+    if low % 16 or high % 16 or not 16 <= low <= high:
+        parser.error(f"--size {low} {high}: need multiples of 16 with MIN <= MAX")
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    return args
+
+
+def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
+    """A freshly initialised tiny Wan VAE (seeded), its posterior starting nearly deterministic.
+
+    With the default initialisation the posterior std starts at ~1, far above the latent means:
+    the sampled latent carries no information, the decoder learns to ignore it and training
+    collapses to the mean image. A log-variance bias of INITIAL_LOGVAR (std 0.05) avoids that.
+    """
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKLWan(
+        base_dim=args.base_dim,
+        decoder_base_dim=args.decoder_base_dim,
+        z_dim=16,
+        dim_mult=list(args.dim_mult),
+        num_res_blocks=args.num_res_blocks,
+        temperal_downsample=[False, True, True],
+    )
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.z_dim :] = INITIAL_LOGVAR  # quant_conv yields (mean, logvar) on channels
+    return vae
+
+
+def dataset_dir(data: Path | None) -> Path:
+    """``data`` if given, else the default synthetic puppets (generated on first use)."""
+    if data is not None:
+        return data
+    from data.synthetic import ensure_dataset
+
+    ensure_dataset(DEFAULT_DATA)
+    return DEFAULT_DATA
+
+
+def load_split(directory: Path, split: str) -> list[Sample]:
+    """All decoded samples (videos and images) of one split of a dataset directory."""
+    splits = read_manifest(directory).get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{directory}/manifest.json: no split {split!r} (has {', '.join(splits) or 'none'})")
+    shards = [directory / path for subset in splits[split].values() if isinstance(subset, dict) for path in subset.get("shards", [])]
+    samples = list(iter_shard_samples(shards))
+    if not samples:
+        raise ValueError(f"{directory}: split {split!r} has no readable samples")
+    return samples
+
+
+def to_model_range(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float (..., 3, T, H, W) in [-1, 1]."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1)
+    return video.movedim(-1, -4)
+
+
+def random_batch(samples: list[Sample], rng: np.random.Generator, frames: int, side: int, batch_size: int) -> torch.Tensor:
+    """Random ``frames``-long windows, ``side``-pixel crops, random flips -> (B, 3, T, side, side)."""
+    candidates = [s for s in samples if s.frames.shape[0] >= frames and min(s.frames.shape[1:3]) >= side]
+    if not candidates:
+        raise ValueError(f"no training sample has {frames} frames of at least {side}x{side} pixels")
+    crops = []
+    for index in rng.integers(len(candidates), size=batch_size):
+        video = candidates[index].frames  # (T, H, W, 3) uint8
+        start = rng.integers(video.shape[0] - frames + 1)
+        top = rng.integers(video.shape[1] - side + 1)
+        left = rng.integers(video.shape[2] - side + 1)
+        crop = video[start : start + frames, top : top + side, left : left + side]
+        crops.append(crop[:, :, ::-1] if rng.random() < 0.5 else crop)
+    return to_model_range(np.stack(crops))
+
+
+def image_gradients(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical finite differences of (B, C, T, H, W)."""
+    return video[..., :, 1:] - video[..., :, :-1], video[..., 1:, :] - video[..., :-1, :]
+
+
+def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
+    """MSE + L1 + edge L1 on the reconstruction of a posterior sample, plus the KL to N(0, 1)."""
+    posterior = vae.encode(video).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample  # (B, 3, T, H, W)
+    mse = (reconstruction - video).square().mean()
+    l1 = (reconstruction - video).abs().mean()
+    edge = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(reconstruction), image_gradients(video)))
+    kl = 0.5 * (posterior.mean.square() + posterior.var - 1 - posterior.logvar).mean()
+    loss = mse + args.l1_weight * l1 + args.edge_weight * edge + args.kl_weight * kl
+    return loss, {"mse": mse.item(), "kl": kl.item()}
+
+
+def batch_shapes(args: argparse.Namespace, rng: np.random.Generator) -> tuple[int, int, int]:
+    """(frames, side, batch size) of one step: random length and crop, batch from the pixel budget."""
+    frames = int(rng.choice(TRAIN_FRAMES))
+    side = int(rng.choice(np.arange(args.size[0], args.size[1] + 1, 16)))
+    return frames, side, max(2, round(args.pixels_per_step / (frames * side * side)))
+
+
+def train(vae: AutoencoderKLWan, samples: list[Sample], args: argparse.Namespace) -> None:
+    """AdamW with warm-up and cosine decay over ``args.steps`` random batches."""
+    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
+    warmup = max(1, min(100, args.steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
+    )
+    vae.train()
+    set_conv_memory_format(vae, torch.channels_last_3d)
+    bar = tqdm(range(args.steps), desc="train tiny Wan VAE", unit="step")
+    for _ in bar:
+        frames, side, batch_size = batch_shapes(args, rng)
+        video = random_batch(samples, rng, frames, side, batch_size).contiguous(memory_format=torch.channels_last_3d)
+        loss, parts = training_loss(vae, video, generator, args)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{-10 * math.log10(parts['mse'] / 4):.1f}", kl=f"{parts['kl']:.2f}")
+    set_conv_memory_format(vae, torch.contiguous_format)
+    vae.eval()
+
+
+def set_conv_memory_format(vae: AutoencoderKLWan, memory_format: torch.memory_format) -> None:
+    """Lay out the 3-D conv weights channels-last (oneDNN's CPU backward is ~25% faster so) or back."""
+    for parameter in vae.parameters():
+        if parameter.dim() == 5:
+            parameter.data = parameter.data.contiguous(memory_format=memory_format)
+
+
+def clip_windows(samples: list[Sample], frames: int) -> list[tuple[Sample, int]]:
+    """(sample, start) of every non-overlapping ``frames``-long window of the video samples."""
+    return [(s, start) for s in samples for start in range(0, s.frames.shape[0] - frames + 1, frames)]
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKLWan, samples: list[Sample], clips: int = STATS_CLIPS) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of posterior means over up to ``clips`` 17-frame training windows."""
+    windows = clip_windows(samples, EVAL_FRAMES)
+    chosen = np.linspace(0, len(windows) - 1, min(clips, len(windows))).round().astype(int)
+    latents = []
+    for index in chosen:
+        sample, start = windows[index]
+        video = to_model_range(sample.frames[start : start + EVAL_FRAMES])[None]
+        latents.append(vae.encode(video).latent_dist.mean.movedim(1, -1).reshape(-1, vae.config.z_dim))  # (F*h*w, z)
+    stacked = torch.cat(latents).double()
+    return stacked.mean(0).tolist(), stacked.std(0).tolist()
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> its VAE reconstruction (posterior mean) as float (T, H, W, 3) in [0, 1]."""
+    WAN.check_frames(frames.shape[0])
+    video = to_model_range(frames)[None]  # (1, 3, T, H, W)
+    decoded = vae.decode(vae.encode(video).latent_dist.mean).sample[0]  # (3, T, H, W)
+    return decoded.clamp(-1, 1).add(1).div(2).movedim(0, -1).numpy()
+
+
+def clip_psnr(vae: AutoencoderKLWan, frames: np.ndarray, person_mask: np.ndarray | None) -> tuple[float, float]:
+    """Mean per-frame PSNR of a clip's reconstruction, over the frame and inside the person mask (NaN without one)."""
+    target = torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    generated = torch.from_numpy(reconstruct(vae, frames)).permute(0, 3, 1, 2)
+    overall = frame_psnr(generated, target).mean().item()
+    if person_mask is None:
+        return overall, math.nan
+    return overall, masked_frame_psnr(generated, target, torch.from_numpy(person_mask)).nanmean().item()
+
+
+def evaluate(vae: AutoencoderKLWan, samples: list[Sample], max_clips: int | None = None) -> dict:
+    """Held-out reconstruction PSNR on 17-frame windows: mean over clips, overall and inside the person mask."""
+    windows = clip_windows(samples, EVAL_FRAMES)[:max_clips]
+    if not windows:
+        raise ValueError(f"no held-out video has {EVAL_FRAMES} frames")
+    scores = np.array([clip_psnr(vae, s.frames[start : start + EVAL_FRAMES], None if s.person_mask is None else s.person_mask[start : start + EVAL_FRAMES]) for s, start in windows])
+    return {"clips": len(windows), "psnr": float(scores[:, 0].mean()), "psnr_person": float(np.nanmean(scores[:, 1]))}
+
+
+@torch.no_grad()
+def encode_seconds(vae: AutoencoderKLWan, frames: int = EVAL_FRAMES, side: int = 128, repeats: int = 5) -> float:
+    """Fastest of ``repeats`` encodes of one random (1, 3, frames, side, side) clip, in seconds."""
+    video = torch.rand(1, 3, frames, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    vae.encode(video)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        vae.encode(video)
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, normalise, evaluate and save; returns (and prints) the summary."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    directory = dataset_dir(args.data)
+    train_samples = load_split(directory, "train")
+    vae = build_vae(args)
+    train(vae, train_samples, args)
+    mean, std = latent_statistics(vae, train_samples)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    save_diffusers(vae, args.out)
+    train_seconds = time.perf_counter() - started
+    summary = {
+        "out": str(args.out),
+        "wall_seconds": round(train_seconds, 1),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "encoder_parameters": sum(p.numel() for p in vae.encoder.parameters()) + sum(p.numel() for p in vae.quant_conv.parameters()),
+        "encode_seconds_17x128x128": round(encode_seconds(vae), 4),
+        "eval_split": args.eval_split,
+        **evaluate(vae, [s for s in load_split(directory, args.eval_split) if s.meta.get("kind") == "video"], args.eval_clips),
+    }
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The entry points as a user runs them: every conf, DDP, kill and resume, generate, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import experiment_names
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
+    """Real configs, cut to a few steps on a tiny synthetic dataset."""
+    return [
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
+        f"ckpt_every_n_steps={steps}", "logger=csv", "data.resolution=64", "data.frame_buckets=[5]",
+        "data.batch_size=2", "data.num_workers=0", "data.val_samples=2", f"data.root={tmp}/data",
+        "data.synthetic.train_identities=2", "data.synthetic.val_identities=1", "data.synthetic.test_identities=1",
+        "data.synthetic.clips_per_identity=2", "data.synthetic.frames=9", "data.synthetic.size=64",
+        "data.synthetic.image_pairs_per_identity=1", f"paths.cache={tmp}/cache", "method.sampler.steps=2",
+        "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={tmp}/vae",
+    ]
+
+
+def fit(args: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m experiments.fit`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def ckpt_step(path: Path) -> int:
+    """The global step stored in a Lightning checkpoint."""
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One tiny dataset, latent cache and random tiny Wan VAE shared by the runs of this module.
+
+    The smoke runs swap the shipped VAE for a smaller random one to stay fast; the shipped VAE
+    has its own tests (tests/test_train_vae.py).
+    """
+    from diffusers import AutoencoderKLWan
+
+    tmp = tmp_path_factory.mktemp("experiments")
+    torch.manual_seed(0)
+    AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(tmp / "vae")
+    return tmp
+
+
+@pytest.mark.parametrize("conf", experiment_names())
+def test_every_conf_trains_checkpoints_and_writes_samples(conf, workdir):
+    run = workdir / f"run_{conf}"
+    result = fit([f"conf={conf}", *smoke_overrides(workdir), f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "last.ckpt").exists() and (run / "checkpoints" / "step=000002.ckpt").exists()
+    assert list((run / "samples").glob("step_*.mp4")) and list((run / "samples").glob("step_*.gif"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+    assert "val/psnr_mask" in summary["metrics"] and (run / ".hydra" / "config.yaml").exists()
+
+
+def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
+    run = workdir / "run_frameprompt"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the frameprompt smoke run")
+    out = workdir / "generated"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "steps=2", f"out={out}"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "heldout.json").read_text())
+    assert set(report["overall"]) == {"trained", "untrained", "repeat_reference"} and report["clips"] == 1
+    assert len(list(out.glob("*.mp4"))) == 1
+
+
+def test_two_process_cpu_ddp(workdir):
+    run = workdir / "run_ddp"
+    result = fit(["conf=frameprompt", *smoke_overrides(workdir), "trainer=ddp_cpu", f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+
+
+def test_killed_run_resumes_without_lost_steps(workdir):
+    run = workdir / "run_resume"
+    args = ["conf=frameprompt", *smoke_overrides(workdir, steps=400), "ckpt_every_n_steps=1000",
+            "callbacks.sample_videos.every_n_steps=0", f"hydra.run.dir={run}"]
+    process = subprocess.Popen([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run / "csv" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 3):
+        time.sleep(1)  # csv rows appear every 10 steps: the run is well into training
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    saved = ckpt_step(run / "last.ckpt")
+    assert saved >= 10 and "interrupted at step" in output, output[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"].startswith("interrupted")
+    result = fit([f"resume={run}", "trainer.max_steps=" + str(saved + 3)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ckpt_step(run / "last.ckpt") == saved + 3  # continued from the saved step, not from 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps_this_session"] == 3
+
+
+def test_unknown_conf_is_a_one_line_error_listing_valid_names():
+    result = fit(["conf=unianimat"], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "conf/unianimat.yaml" in result.stderr and "unianimate" in result.stderr
+
+
+def test_invalid_override_names_the_key():
+    result = fit(["conf=frameprompt", "method.loss_frame=all"], timeout=120)
+    assert result.returncode != 0 and "loss_frame" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_override_value_is_rejected_by_the_method():
+    result = fit(["conf=frameprompt", "method.loss_frames=some", "data.root=/nonexistent"], timeout=120)
+    assert result.returncode != 0 and "loss_frames" in result.stderr
+
+
+def test_missing_dataset_names_the_path(tmp_path):
+    result = fit(["conf=frameprompt", f"data.root={tmp_path}/absent", "data.synthetic=null", f"hydra.run.dir={tmp_path}/run", "logger=csv"], timeout=300)
+    assert result.returncode != 0 and f"{tmp_path}/absent" in result.stderr and "data.synthetic" in result.stderr

