@@ -199,3 +199,16 @@ def test_latent_cache_hits_on_second_encode(tmp_path):
     second = system.encode(batch, ("video",))
     torch.testing.assert_close(first["video"], second["video"])
     assert system.latent_cache.misses == 2 and system.latent_cache.hits == 2
+
+
+def test_unianimate_frame0_reference_latent_encodes_one_frame():
+    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="frame0")
+    batch = fake_batch()
+    assert system.latent_names(training=False) == ("reference",)
+    latents = system.encode(batch, system.latent_names(training=True))
+    reference = system.reference_latents(batch, latents)
+    assert reference.shape == latents["video"].shape
+    torch.testing.assert_close(reference[:, :, :1], latents["reference"])
+    assert torch.all(reference[:, :, 1:] == 0)
+    with pytest.raises(ValueError, match="reference_latent"):
+        UniAnimate(tiny_backbone(36), ADAMW, reference_latent="clip")

@@ -47,12 +47,15 @@ class PoseVideoEncoder(nn.Module):
         if zero_init:
             nn.init.zeros_(self.proj_out.weight)
             nn.init.zeros_(self.proj_out.bias)
+        # channels-last 3D convolutions: 6x faster backward on CPU (oneDNN) at 8-16 channels
+        self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, pose: Tensor) -> Tensor:
         """Pose video (B, 3, T, H, W) in [-1, 1] -> tokens (B, F*h*w, D)."""
         self.compression.check_frames(pose.shape[2])
         repeat = self.compression.vae_time - 1
         pose = torch.cat([pose[:, :, :1].expand(-1, -1, repeat, -1, -1), pose], dim=2)
+        pose = pose.contiguous(memory_format=torch.channels_last_3d)
         x = self.proj_out(self.features(pose))  # (B, D, F, h, w)
         return x.flatten(2).transpose(1, 2)
 
