@@ -11,23 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import smoke_overrides  # the workdir fixture comes from conftest.py too
 from experiments.cli import experiment_names
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
-    """Real configs, cut to a few steps on a tiny synthetic dataset."""
-    return [
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
-        f"ckpt_every_n_steps={steps}", "logger=csv", "data.resolution=64", "data.frame_buckets=[5]",
-        "data.batch_size=2", "data.num_workers=0", "data.val_samples=2", f"data.root={tmp}/data",
-        "data.synthetic.train_identities=2", "data.synthetic.val_identities=1", "data.synthetic.test_identities=1",
-        "data.synthetic.clips_per_identity=2", "data.synthetic.frames=9", "data.synthetic.size=64",
-        "data.synthetic.image_pairs_per_identity=1", f"paths.cache={tmp}/cache", "method.sampler.steps=2",
-        "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={tmp}/vae",
-    ]
 
 
 def fit(args: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -38,21 +26,6 @@ def fit(args: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedPr
 def ckpt_step(path: Path) -> int:
     """The global step stored in a Lightning checkpoint."""
     return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """One tiny dataset, latent cache and random tiny Wan VAE shared by the runs of this module.
-
-    The smoke runs swap the shipped VAE for a smaller random one to stay fast; the shipped VAE
-    has its own tests (tests/test_train_vae.py).
-    """
-    from diffusers import AutoencoderKLWan
-
-    tmp = tmp_path_factory.mktemp("experiments")
-    torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(tmp / "vae")
-    return tmp
 
 
 @pytest.mark.parametrize("conf", experiment_names())
