@@ -1,6 +1,9 @@
 """Evaluation of generated clips against ground truth: per clip and overall, at several horizons.
 
-A horizon is the first ``seconds * fps`` frames of every clip (EverAnimate's 10/30/60/90 s at
+Clips come from folders on disk (:func:`run_evaluation`) or from any other source, such as a trained
+run generating held-out clips (``experiments.evaluate ckpt=...``, through :func:`clips_from_batch`);
+every source feeds :class:`Clip` objects into :func:`evaluate_clips`, the one scoring and reporting
+path. A horizon is the first ``seconds * fps`` frames of every clip (EverAnimate's 10/30/60/90 s at
 25 fps); ``full`` is the whole clip and is always reported. Each horizon has its own
 :class:`MetricSuite` (the feature networks are loaded once and shared). Clips shorter than a
 horizon are left out of it and counted. Results go to ``per_clip.csv``, ``summary.json`` and
@@ -14,9 +17,10 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -113,6 +117,35 @@ def load_clip(
     return clip.prefix(clip.frames)  # trims the sidecars to the aligned length
 
 
+def clips_from_batch(generated: torch.Tensor, batch: Mapping[str, Any]) -> list[Clip]:
+    """The clips of a training-format batch (docs/ARCHITECTURE.md) and its generated videos, as uint8 on the CPU.
+
+    ``generated`` and ``batch["video"]`` are ``(B, 3, T, H, W)`` in [-1, 1]; they are rounded to 8 bits
+    as a saved frame would be. Keypoints come from ``batch["keypoints"]`` when present; the person
+    mask only where ``batch["has_person_mask"]`` says it is real (an all-True stand-in would make
+    masked PSNR a copy of PSNR).
+    """
+
+    def uint8(video: torch.Tensor) -> torch.Tensor:
+        return to_uint8((video.detach().float().clamp(-1, 1) + 1) / 2).cpu()
+
+    keypoints, person_mask = batch.get("keypoints"), batch.get("person_mask")
+    real_mask = batch.get("has_person_mask")
+    clips = []
+    for index, key in enumerate(batch["key"]):
+        has_mask = person_mask is not None and (real_mask is None or bool(real_mask[index]))
+        clips.append(
+            Clip(
+                key,
+                uint8(generated[index]),
+                uint8(batch["video"][index]),
+                None if keypoints is None else keypoints[index].detach().float().cpu(),
+                person_mask[index].detach().bool().cpu() if has_mask else None,
+            )
+        )
+    return clips
+
+
 class Evaluation:
     """Per-horizon suites fed one clip at a time; keeps the per-clip rows."""
 
@@ -130,6 +163,10 @@ class Evaluation:
 
     def add(self, clip: Clip) -> None:
         """Evaluate one clip at every horizon it reaches."""
+        if self.suite.needs_keypoints and clip.keypoints is None:
+            raise ValueError(f"{clip.name}: fpsnr needs the ground truth's keypoints, and this clip has none")
+        if self.suite.needs_person_mask and clip.person_mask is None:
+            raise ValueError(f"{clip.name}: psnr_mask needs a person mask, and this clip's data has none")
         for horizon in self.horizons:
             frames = clip.frames if horizon.frames is None else horizon.frames
             if clip.frames < frames:
@@ -178,6 +215,29 @@ def check_sidecars(pairs: Sequence[ClipPair], keypoints: bool, person_mask: bool
         raise FileNotFoundError(f"{len(missing)} ground-truth sidecar file(s) needed by the metrics are missing: {shown}")
 
 
+ClipSource = Callable[[MetricSuite], Iterable[Clip]]  # the clips to score, given the suite (what it needs)
+
+
+def evaluate_clips(
+    cfg: DictConfig, out_dir: Path, clips: ClipSource, inputs: Mapping[str, Any], total: int | None = None
+) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """Score clips at every horizon, write the reports and return them: the path every mode shares.
+
+    ``cfg`` holds ``metrics``, ``horizons_s``, ``fps`` and ``device``; ``clips(suite)`` yields the
+    clips (it may first check that it can give what ``suite.needs_keypoints`` /
+    ``suite.needs_person_mask`` ask for); ``inputs`` says where they came from (summary.json).
+    Returns the per-clip rows and the summary ``{horizon: {clips, clips_too_short, <metrics>}}``.
+    """
+    evaluation = Evaluation(cfg.metrics, horizons(cfg.horizons_s, cfg.fps), resolve_device(cfg.device))
+    for clip in tqdm(clips(evaluation.suite), total=total, desc="evaluate", unit="clip"):
+        evaluation.add(clip)
+    summary = evaluation.summary()
+    write_reports(out_dir, evaluation.rows, summary, cfg, inputs)
+    for horizon, values in summary.items():
+        log.info("%s: %s", horizon, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return evaluation.rows, summary
+
+
 def run_evaluation(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]]:
     """Evaluate ``cfg.generated`` against ``cfg.target`` (folders or single clips); write and return the reports.
 
@@ -186,18 +246,15 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str
     check_choice("on_size_mismatch", cfg.on_size_mismatch, SIZE_POLICIES)
     check_choice("on_length_mismatch", cfg.on_length_mismatch, LENGTH_POLICIES)
     pairs = pair_clips(Path(cfg.generated), Path(cfg.target))
-    evaluation = Evaluation(cfg.metrics, horizons(cfg.horizons_s, cfg.fps), resolve_device(cfg.device))
+
+    def clips(suite: MetricSuite) -> Iterable[Clip]:
+        check_sidecars(pairs, suite.needs_keypoints, suite.needs_person_mask)
+        for pair in pairs:
+            yield load_clip(pair, suite.needs_keypoints, suite.needs_person_mask, cfg.on_size_mismatch, cfg.on_length_mismatch)
+
     log.info("evaluating %d clip(s) with %s", len(pairs), ", ".join(cfg.metrics.names))
-    suite = evaluation.suite
-    check_sidecars(pairs, suite.needs_keypoints, suite.needs_person_mask)
-    for pair in tqdm(pairs, desc="evaluate", unit="clip"):
-        clip = load_clip(pair, suite.needs_keypoints, suite.needs_person_mask, cfg.on_size_mismatch, cfg.on_length_mismatch)
-        evaluation.add(clip)
-    summary = evaluation.summary()
-    write_reports(out_dir, evaluation.rows, summary, cfg)
-    for horizon, values in summary.items():
-        log.info("%s: %s", horizon, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    return evaluation.rows, summary
+    inputs = {"generated": str(cfg.generated), "target": str(cfg.target)}
+    return evaluate_clips(cfg, out_dir, clips, inputs, total=len(pairs))
 
 
 def json_safe(value: float) -> float | None:
@@ -219,14 +276,15 @@ def write_csv(path: Path, rows: Iterable[Mapping]) -> None:
         writer.writerows(rows)
 
 
-def write_reports(out_dir: Path, rows: list[dict], summary: dict[str, dict[str, float]], cfg: DictConfig) -> None:
+def write_reports(
+    out_dir: Path, rows: list[dict], summary: dict[str, dict[str, float]], cfg: DictConfig, inputs: Mapping[str, Any]
+) -> None:
     """``per_clip.csv``, ``summary.csv`` and ``summary.json`` (with the inputs and metric config)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "per_clip.csv", rows)
     write_csv(out_dir / "summary.csv", ({"horizon": h, **values} for h, values in summary.items()))
     report = {
-        "generated": str(cfg.generated),
-        "target": str(cfg.target),
+        **inputs,
         "fps": cfg.fps,
         "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
         "summary": {h: {k: json_safe(v) for k, v in values.items()} for h, values in summary.items()},

@@ -1,7 +1,8 @@
-"""``python -m experiments.evaluate`` and the evaluation behind it, on synthetic clips."""
+"""``python -m experiments.evaluate`` and the evaluation behind it: folders of synthetic clips, and a run's checkpoint."""
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import smoke_overrides  # the workdir fixture (a tiny random VAE) comes from conftest.py too
+from experiments.evaluate import mode
 from metrics.evaluation import log_report, run_evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,10 +65,15 @@ def face_keypoints(frames: int) -> np.ndarray:
     return keypoints
 
 
-def config(generated: Path, target: Path, *overrides: str):
-    """conf/evaluate.yaml composed as the command line would, without a logger."""
+def compose_conf(name: str, overrides: list[str]):
+    """A conf/ file composed as the command line would."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=[f"generated={generated}", f"target={target}", "logger=none", *overrides])
+        return compose(name, overrides=overrides)
+
+
+def config(generated: Path, target: Path, *overrides: str):
+    """conf/evaluate.yaml in folder mode, without a logger."""
+    return compose_conf("evaluate", [f"generated={generated}", f"target={target}", "logger=none", *overrides])
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -197,3 +208,68 @@ def test_the_command_runs_end_to_end_and_logs_to_offline_wandb(tmp_path):
     assert len(read_rows(out / "per_clip.csv")) == 4
     assert list((out / "wandb").glob("offline-run-*"))
     assert (out / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workdir) -> Path:
+    """An untrained FramePrompt checkpoint holding what experiments.fit writes into one (the trainable
+    weights and the run config), on the tiny dataset and VAE: seconds instead of a training run."""
+    run_dir = workdir / "run_frameprompt"
+    cfg = compose_conf("frameprompt", [*smoke_overrides(workdir), f"paths.run_dir={run_dir}", "run_name=frameprompt"])
+    torch.manual_seed(0)
+    system = instantiate(cfg.method)
+    system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    content = {"state_dict": system.state_dict(), "global_step": 2}
+    system.on_save_checkpoint(content)  # keeps the trainable weights, adds run_config, as Lightning's save does
+    run_dir.mkdir()
+    torch.save(content, run_dir / "last.ckpt")
+    return run_dir / "last.ckpt"
+
+
+def test_a_checkpoint_generates_and_scores_its_heldout_clips(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    names = ["psnr", "ssim", "psnr_mask", "fpsnr"]  # the batch's person masks and keypoints feed the last two
+    command = [
+        sys.executable, "-m", "experiments.evaluate", f"ckpt={checkpoint}", "split=test", "num_clips=2", "steps=2",
+        f"metrics.names=[{','.join(names)}]", "fps=12", "horizons_s=[0.25]", "save_videos=true", f"out={out}", "logger=csv",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "summary.json").read_text())
+    assert (report["ckpt"], report["split"], report["global_step"], report["sampler"]["steps"]) == (str(checkpoint), "test", 2, 2)
+    full = report["summary"]["full"]
+    assert full["clips"] == 2 and report["summary"]["0.25s"]["clips"] == 2  # 5-frame clips, 3-frame horizon
+    assert all(math.isfinite(full[name]) for name in names)
+    assert full["psnr_mask_skipped_frames"] == 0  # the synthetic shards carry real person masks
+    rows = read_rows(out / "per_clip.csv")
+    assert list(rows[0]) == ["clip", "horizon", "frames", *names]
+    assert sorted((row["horizon"], row["frames"]) for row in rows) == [("0.25s", "3")] * 2 + [("full", "5")] * 2
+    assert all(math.isfinite(float(row[name])) for row in rows for name in names)
+    assert [row["horizon"] for row in read_rows(out / "summary.csv")] == ["full", "0.25s"]
+    assert float(read_rows(out / "csv" / "metrics.csv")[0]["eval/full/psnr"]) == pytest.approx(full["psnr"])
+
+    # the saved clips are the scored ones: the folder mode scores them alike (up to H.264 loss)
+    cfg = config(out / "videos" / "generated", out / "videos" / "target", f"metrics.names=[{','.join(names)}]")
+    folder_rows, folder_summary = run_evaluation(cfg, tmp_path / "rescored")
+    assert {row["clip"] for row in folder_rows} == {row["clip"] for row in rows}
+    assert folder_summary["full"]["psnr"] == pytest.approx(full["psnr"], abs=0.5)
+
+
+@pytest.mark.parametrize(
+    "overrides, given",
+    [([], "neither"), (["generated=a", "target=b", "ckpt=c"], "generated, target, ckpt"), (["generated=a"], "generated")],
+)
+def test_evaluate_takes_exactly_one_mode(overrides, given, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mode(compose_conf("evaluate", ["logger=none", *overrides]))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "generated=DIR target=DIR" in message and "ckpt=RUN/last.ckpt" in message
+    assert message.strip().endswith(f"given: {given}")
+
+
+def test_the_command_reports_a_missing_mode_in_one_line(tmp_path):
+    command = [sys.executable, "-m", "experiments.evaluate", "logger=none", f"out={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: evaluate takes either generated=DIR target=DIR")
