@@ -391,3 +391,29 @@ def test_prepared_folder_trains_with_experiments_fit(prepared):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2
+
+
+def test_text_boxes_from_an_installed_ocr_or_a_broken_sidecar(tmp_path, monkeypatch):
+    import types
+
+    import data.prepare as prepare_module
+
+    calls = []
+
+    class FakeRapidOCR:
+        """rapidocr_onnxruntime's interface: engine(image) -> ([[quad, text, score], ...], elapsed)."""
+
+        def __call__(self, image):
+            calls.append(image.shape)
+            return [[[[4, 5], [20, 5], [20, 12], [4, 12]], "DANCE", 0.9]], 0.01
+
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", types.SimpleNamespace(RapidOCR=FakeRapidOCR))
+    monkeypatch.setattr(prepare_module, "_OCR", None)
+    videos = tmp_path / "videos"
+    write_clip(videos, "ocr", identity=0)
+    prepare(config(tmp_path, videos, text="ocr", ocr_stride=4))
+    (sample,) = read_samples(tmp_path / "out").values()
+    assert len(calls) == 3 and sample.meta["text_boxes"] == [[t, 4.0, 5.0, 20.0, 12.0] for t in range(9)]
+    (videos / "ocr.text.json").write_text("[[1, 2]]")
+    report = prepare(config(tmp_path, videos, out=str(tmp_path / "bad")))
+    assert report["skipped"]["bad_text_boxes"]["paths"] == ["ocr.mp4"]
