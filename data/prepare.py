@@ -473,6 +473,22 @@ def source_keypoints(path: Path, root: Path, config: PrepareConfig, decoded_fram
         raise SkipSource("keypoint_mismatch", str(exn)) from exn
 
 
+def video_keypoints(frames: np.ndarray, clips: list[tuple[int, int]], config: PrepareConfig) -> np.ndarray:
+    """DWPose keypoints ``(N, 133, 3)`` of the stored frames the ``clips`` cover, tracked and smoothed over the whole span; raises SkipSource.
+
+    The models see the stored (resized) frames; frames outside the span stay empty.
+    """
+    keypoints = np.zeros((len(frames), NUM_KEYPOINTS, 3), dtype=np.float32)
+    if not clips:
+        return keypoints
+    lo, hi = min(start for start, _ in clips), max(start + length for start, length in clips)
+    try:
+        keypoints[lo:hi] = _dwpose(config).video(frames[lo:hi], config.smooth)
+    except Exception as exn:  # noqa: BLE001 - a model failure skips this source, the run goes on
+        raise SkipSource("pose_model_error", f"{type(exn).__name__}: {exn}") from exn
+    return keypoints
+
+
 def text_sidecar(path: Path) -> Path:
     """``STEM.text.json`` beside a source."""
     stem = path.name if path.is_dir() else path.stem
@@ -604,25 +620,22 @@ def process_video(job: Job, config: PrepareConfig, root: Path) -> Result:
             boxes = clip_text_boxes(read_text_boxes(text_sidecar(path), decoded.source_frames), decoded.indices, decoded.source_size, out)
         elif config.text == "ocr":
             boxes = ocr_boxes(decoded.frames, config.ocr_stride)
+        keys = [f"{slug(job.source)}-c{number:03d}" for number in range(len(clips))]
+        todo = [clip for clip, key in zip(clips, keys) if key not in job.done]
         if config.pose == "sidecar":
             keypoints = source_keypoints(path, root, config, decoded.source_frames, decoded.source_size)[decoded.indices]
             keypoints = scale_keypoints(keypoints, decoded.source_size, out)
         else:
-            keypoints = None
+            keypoints = video_keypoints(decoded.frames, todo, config)
     except SkipSource as skip:
         result.skipped.append((job.source, skip.reason, skip.detail))
         return result
     result.clips_total = len(clips)
-    for number, (start, length) in enumerate(clips):
-        key = f"{slug(job.source)}-c{number:03d}"
+    for number, ((start, length), key) in enumerate(zip(clips, keys)):
         if key in job.done:
             continue
         frames = decoded.frames[start : start + length]
-        try:
-            clip_kp = keypoints[start : start + length] if keypoints is not None else _dwpose(config).video(frames, config.smooth)
-        except Exception as exn:  # noqa: BLE001 - a model failure skips this clip, the run goes on
-            result.skipped.append((f"{job.source}#clip{number}", "pose_model_error", f"{type(exn).__name__}: {exn}"))
-            continue
+        clip_kp = keypoints[start : start + length]
         visible = person_visible(clip_kp, config.keypoint_threshold, config.min_body_points)
         if visible.mean() < config.min_person_fraction:
             result.skipped.append((f"{job.source}#clip{number}", "no_person", f"{visible.sum()}/{length} frames show a person"))

@@ -417,3 +417,23 @@ def test_text_boxes_from_an_installed_ocr_or_a_broken_sidecar(tmp_path, monkeypa
     (videos / "ocr.text.json").write_text("[[1, 2]]")
     report = prepare(config(tmp_path, videos, out=str(tmp_path / "bad")))
     assert report["skipped"]["bad_text_boxes"]["paths"] == ["ocr.mp4"]
+
+
+def test_a_failing_pose_model_skips_the_source_and_the_run_goes_on(tmp_path, monkeypatch):
+    import data.prepare as prepare_module
+
+    class Broken:
+        def video(self, frames, smooth=0):
+            raise RuntimeError("ONNX runtime error")
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "yolox_l.onnx").write_bytes(b"")
+    (models / "dw-ll_ucoco_384.onnx").write_bytes(b"")
+    monkeypatch.setattr(prepare_module, "_dwpose", lambda config: Broken())
+    videos = tmp_path / "videos"
+    write_clip(videos, "a", identity=0)
+    write_clip(videos, "b", identity=1)
+    report = prepare(config(tmp_path, videos, pose="dwpose", dwpose_dir=str(models)))
+    assert report["skipped"]["pose_model_error"]["paths"] == ["a.mp4", "b.mp4"] and report["video_clips"] == 0
+    assert "ONNX runtime error" in report["skipped"]["pose_model_error"]["details"][0]
