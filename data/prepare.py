@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -38,7 +37,6 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -786,7 +784,7 @@ def manifest_of(state: dict) -> dict:
 def report_of(state: dict, run: dict) -> dict:
     """``prepare_report.json``: totals, skips per reason with the offending paths, adjustments, this run's throughput."""
     skipped: dict[str, dict] = {}
-    for source, info in sorted(state["sources"].items()):
+    for _, info in sorted(state["sources"].items()):
         for where, reason, detail in info.get("skipped", []):
             entry = skipped.setdefault(reason, {"count": 0, "description": REASONS[reason], "paths": [], "details": []})
             entry["count"] += 1
