@@ -9,7 +9,8 @@ clips of ``clip_frames`` every ``clip_stride`` frames, given whole-body keypoint
 the user's file beside the video, see :mod:`data.pose_import`; ``pose=dwpose``: the ONNX models
 in ``dwpose_dir``, see :mod:`animate.pose.dwpose`) and text boxes (``text=sidecar``: ``STEM.text.json``;
 ``text=ocr``: an installed OCR detector), and written as shards in the documented format
-(docs/ARCHITECTURE.md) with ``manifest.json``, so ``python -m experiments.fit data=prepared
+(docs/ARCHITECTURE.md) with ``manifest.json`` (which also counts the samples per bucket
+``"HxWxT"`` of each split and subset under ``buckets``), so ``python -m experiments.fit data=prepared
 data.root=SHARDS`` trains on it. The region-weight masks (head, hands, text) are computed from
 the stored keypoints and text boxes when batches are built (:mod:`data.masks`).
 
@@ -724,7 +725,8 @@ def empty_state(config: PrepareConfig) -> dict:
     """The state of a fresh output directory."""
     return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "settings": config.settings(), "runs": 0,
             "identities": {}, "sources": {}, "clips": {}, "shards": {s: {"video": [], "images": []} for s in SPLITS},
-            "samples": {s: {"video": 0, "images": 0} for s in SPLITS}, "adjusted": {}}
+            "samples": {s: {"video": 0, "images": 0} for s in SPLITS}, "buckets": {s: {"video": {}, "images": {}} for s in SPLITS},
+            "adjusted": {}}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -776,7 +778,8 @@ def manifest_of(state: dict) -> dict:
             identities[info["split"]].add(info["identity"])
     splits = {split: {"identities": sorted(identities[split]),
                       "video": {"shards": list(state["shards"][split]["video"]), "samples": state["samples"][split]["video"]},
-                      "images": {"shards": list(state["shards"][split]["images"]), "samples": state["samples"][split]["images"]}}
+                      "images": {"shards": list(state["shards"][split]["images"]), "samples": state["samples"][split]["images"]},
+                      "buckets": state["buckets"][split]}
               for split in SPLITS}
     return {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "config": state["settings"], "splits": splits}
 
@@ -896,14 +899,17 @@ def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = Non
     started, written = time.perf_counter(), 0
     writers = _Writers(out, state["runs"], config.samples_per_shard)
     owners: dict[str, str] = {}
+    sizes: dict[str, str] = {}  # key -> "HxWxT", the bucket metadata the manifest counts
 
     def finish(split: str, kind: str, keys: list[str], path: str) -> None:
         """Record a finished shard and the keys inside it; mark complete sources; save the state and manifest."""
         subset = "video" if kind == "video" else "images"
         state["shards"][split][subset].append(path)
         state["samples"][split][subset] += len(keys)
+        buckets = state["buckets"][split][subset]
         for key in keys:
             state["clips"][key] = path
+            buckets[sizes[key]] = buckets.get(sizes[key], 0) + 1
         for source in {owners[key] for key in keys}:
             info = state["sources"][source]
             info["complete"] = info["expected_done"] and all(key in state["clips"] for key in info["clips"])
@@ -921,6 +927,8 @@ def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = Non
                 info["clips"] = sorted(set(info["clips"]) | {key for key, _ in result.samples})
                 for key, raw in result.samples:
                     owners[key] = job.source
+                    meta = json.loads(raw["json"])
+                    sizes[key] = f"{meta['height']}x{meta['width']}x{meta['num_frames']}"
                     keys, paths = writers.write(job.split, job.kind, key, raw)
                     written += 1
                     if paths:

@@ -250,6 +250,8 @@ def test_splits_from_folders_and_by_hash(tmp_path):
     prepare(config(tmp_path, videos))
     manifest = read_manifest(tmp_path / "out")
     assert manifest["splits"]["train"]["video"]["samples"] == 2 and manifest["splits"]["val"]["video"]["samples"] == 1
+    assert sum(manifest["splits"]["train"]["buckets"]["video"].values()) == 2
+    assert all(bucket.endswith("x9") for bucket in manifest["splits"]["train"]["buckets"]["video"])
     flat = tmp_path / "flat"
     for i in range(3):
         write_clip(flat, f"v{i}", identity=i)
