@@ -439,3 +439,15 @@ def test_a_failing_pose_model_skips_the_source_and_the_run_goes_on(tmp_path, mon
     report = prepare(config(tmp_path, videos, pose="dwpose", dwpose_dir=str(models)))
     assert report["skipped"]["pose_model_error"]["paths"] == ["a.mp4", "b.mp4"] and report["video_clips"] == 0
     assert "ONNX runtime error" in report["skipped"]["pose_model_error"]["details"][0]
+
+
+def test_prepared_data_config_needs_a_root_and_matches_the_synthetic_keys():
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import MissingMandatoryValue
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        prepared = compose("fit", overrides=["data=prepared"]).data
+        synthetic = compose("fit").data
+    with pytest.raises(MissingMandatoryValue, match="data.root"):
+        _ = prepared.root  # never falls back to the puppets' directory
+    assert set(prepared) == set(synthetic) and prepared.synthetic is None
