@@ -12,7 +12,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from animate.pose.layout import Body, to_dwpose134, to_openpose18
@@ -20,6 +19,8 @@ from data.pose_import import KeypointError, load_keypoints, read_deepfashion_ann
 from data.prepare import REPORT_NAME, STATE_NAME, PrepareConfig, main, prepare
 from data.shards import encode_video, iter_shard_samples, read_manifest
 from data.synthetic import SyntheticConfig, make_clip, make_image_pair
+
+from conftest import smoke_overrides  # the workdir fixture (tiny random Wan VAE) comes from conftest.py too
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -364,11 +365,9 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """A prepared folder (videos in train/val folders and image pairs) and a tiny random VAE."""
-    from diffusers import AutoencoderKLWan
-
-    tmp = tmp_path_factory.mktemp("prepared")
+def prepared(workdir):
+    """A folder of videos in train/val folders prepared by the command line (beside conftest's tiny random VAE)."""
+    tmp = workdir / "prepared"
     for split, identities in (("train", (0, 1)), ("val", (2,))):
         for i in identities:
             write_clip(tmp / "videos" / split, f"dancer{i}", identity=i)
@@ -376,19 +375,14 @@ def prepared(tmp_path_factory):
                              "workers=2", "progress=false"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train: 2 clips" in result.stdout and (tmp / "shards" / STATE_NAME).exists()
-    torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(tmp / "vae")
     return tmp
 
 
-def test_prepared_folder_trains_with_experiments_fit(prepared):
+def test_prepared_folder_trains_with_experiments_fit(prepared, workdir):
     run = prepared / "run"
-    args = [
-        "conf=frameprompt", "data=prepared", f"data.root={prepared / 'shards'}", "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "trainer.limit_val_batches=1", "ckpt_every_n_steps=2", "logger=csv", "data.resolution=64", "data.frame_buckets=[5]",
-        "data.batch_size=2", "data.num_workers=0", "data.val_samples=1", f"paths.cache={prepared / 'cache'}", "method.sampler.steps=2",
-        "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={prepared / 'vae'}", f"hydra.run.dir={run}",
-    ]
+    synthetic_only = ("data.synthetic.", "data.root=", "data.val_samples=")
+    overrides = [arg for arg in smoke_overrides(workdir) if not arg.startswith(synthetic_only)]
+    args = ["conf=frameprompt", *overrides, "data=prepared", f"data.root={prepared / 'shards'}", "data.val_samples=1", f"hydra.run.dir={run}"]
     result = subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
