@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
 from tqdm import tqdm
 
 from animate.geometry import WAN
@@ -34,7 +35,8 @@ from data.shards import Sample, iter_shard_samples, read_manifest
 from metrics.pixel import frame_psnr, masked_frame_psnr
 
 DEFAULT_DATA = Path(os.environ.get("ANIMATE_CACHE", ".cache")) / "synthetic"
-TRAIN_FRAMES = (1, 5, 9)  # clip lengths drawn per step (1 + 4k; 1 = a single frame)
+TRAIN_FRAMES = (1, 5, 9, 17)  # clip lengths drawn per step (1 + 4k; 1 = a single frame)
+MIN_BATCH = 2  # at batch 1 PyTorch's CPU conv3d takes its ~10x slower non-oneDNN path
 EVAL_FRAMES = 17
 STATS_CLIPS = 64
 INITIAL_LOGVAR = -6.0
@@ -45,18 +47,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.train_vae", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory (diffusers layout)")
     parser.add_argument("--data", type=Path, default=None, help=f"dataset directory with manifest.json (default: the synthetic puppets, generated into {DEFAULT_DATA} if missing)")
-    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-frames", type=int, nargs="+", default=TRAIN_FRAMES, help="clip lengths drawn per step (1 + 4k; 1 = a single frame)")
     parser.add_argument("--size", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="crop side range in pixels (multiples of 16)")
-    parser.add_argument("--pixels-per-step", type=int, default=4 * 5 * 80 * 80, help="batch size = this / (frames * side^2), at least 2")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (2e-3 and above stall on the mean-colour plateau)")
+    parser.add_argument("--pixels-per-step", type=int, default=8 * 64 * 64, help="batch size = this / (frames * side^2), at least 2")
+    parser.add_argument("--max-pixels-per-step", type=int, default=4 * 8 * 64 * 64, help="crop sides are drawn among those keeping 2 clips under this")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (image-only probe, 400 steps: 1e-3 15.7 dB, 3e-3 16.9 dB, 6e-3 15.5 dB)")
     parser.add_argument("--l1-weight", type=float, default=0.1, help="weight of the L1 loss (MSE has weight 1; L1 at 1 stalls early training)")
     parser.add_argument("--edge-weight", type=float, default=0.1, help="weight of the L1 loss on image gradients")
     parser.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the per-element KL to N(0, 1)")
-    parser.add_argument("--base-dim", type=int, default=8, help="encoder width")
+    parser.add_argument("--posterior", choices=("sample", "mean"), default="mean", help="decode a posterior sample (a VAE) or its mean (an autoencoder with a KL-regularised mean)")
+    parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True, help="start every residual branch and attention output at zero")
+    parser.add_argument("--base-dim", type=int, default=32, help="encoder width (with num_res_blocks 0 the encoder is linear up to its middle block: this is its bottleneck width)")
     parser.add_argument("--decoder-base-dim", type=int, default=16, help="decoder width")
     parser.add_argument("--dim-mult", type=int, nargs=4, default=(1, 1, 1, 1))
-    parser.add_argument("--num-res-blocks", type=int, default=0)
+    parser.add_argument("--num-res-blocks", type=int, default=0, help="encoder residual blocks per level (decoder: one more)")
     parser.add_argument("--eval-split", default="test", help="held-out split for the reported PSNR")
     parser.add_argument("--eval-clips", type=int, default=None, help="held-out clips to score (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -70,11 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
-    """A freshly initialised tiny Wan VAE (seeded), its posterior starting nearly deterministic.
+    """A freshly initialised tiny Wan VAE (seeded) that starts trainable.
 
-    With the default initialisation the posterior std starts at ~1, far above the latent means:
-    the sampled latent carries no information, the decoder learns to ignore it and training
-    collapses to the mean image. A log-variance bias of INITIAL_LOGVAR (std 0.05) avoids that.
+    Two departures from diffusers' default initialisation, both measured to matter here:
+    the posterior log-variance bias starts at INITIAL_LOGVAR (std 0.05; at std ~1 the sampled
+    latent carries no information and training collapses to the mean image), and every residual
+    branch and attention output starts at zero, so each block starts as its shortcut
+    (``--no-zero-init`` turns it off; docs/TINY_VAE.md has the probe numbers).
     """
     torch.manual_seed(args.seed)
     vae = AutoencoderKLWan(
@@ -87,6 +95,11 @@ def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
     )
     with torch.no_grad():
         vae.quant_conv.bias[vae.config.z_dim :] = INITIAL_LOGVAR  # quant_conv yields (mean, logvar) on channels
+        for module in vae.modules() if args.zero_init else ():
+            last = module.conv2 if isinstance(module, WanResidualBlock) else module.proj if isinstance(module, WanAttentionBlock) else None
+            if last is not None:
+                last.weight.zero_()
+                last.bias.zero_()
     return vae
 
 
@@ -139,10 +152,27 @@ def image_gradients(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return video[..., :, 1:] - video[..., :, :-1], video[..., 1:, :] - video[..., :-1, :]
 
 
+def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` without its final clamp to [-1, 1], frame by frame with the causal cache.
+
+    The clamp zeroes the gradient of every pixel the decoder overshoots; saturated colours (the
+    puppets' whites and blacks) then stop learning, and training sits on a plateau near 13 dB.
+    """
+    vae.clear_cache()
+    hidden_states = vae.post_quant_conv(latents)  # (B, z, F, h, w)
+    frames = []
+    for index in range(hidden_states.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(hidden_states[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
     """MSE + L1 + edge L1 on the reconstruction of a posterior sample, plus the KL to N(0, 1)."""
     posterior = vae.encode(video).latent_dist
-    reconstruction = vae.decode(posterior.sample(generator)).sample  # (B, 3, T, H, W)
+    latents = posterior.sample(generator) if args.posterior == "sample" else posterior.mean
+    reconstruction = decode_unclamped(vae, latents)  # (B, 3, T, H, W)
     mse = (reconstruction - video).square().mean()
     l1 = (reconstruction - video).abs().mean()
     edge = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(reconstruction), image_gradients(video)))
@@ -152,10 +182,12 @@ def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.G
 
 
 def batch_shapes(args: argparse.Namespace, rng: np.random.Generator) -> tuple[int, int, int]:
-    """(frames, side, batch size) of one step: random length and crop, batch from the pixel budget."""
-    frames = int(rng.choice(TRAIN_FRAMES))
-    side = int(rng.choice(np.arange(args.size[0], args.size[1] + 1, 16)))
-    return frames, side, max(2, round(args.pixels_per_step / (frames * side * side)))
+    """(frames, side, batch size) of one step: random length, random crop side among those whose
+    batch of MIN_BATCH stays under ``--max-pixels-per-step``, batch from ``--pixels-per-step``."""
+    frames = int(rng.choice(args.train_frames))
+    sides = [side for side in range(args.size[0], args.size[1] + 1, 16) if MIN_BATCH * frames * side * side <= args.max_pixels_per_step]
+    side = int(rng.choice(sides or [args.size[0]]))
+    return frames, side, max(MIN_BATCH, round(args.pixels_per_step / (frames * side * side)))
 
 
 def train(vae: AutoencoderKLWan, samples: list[Sample], args: argparse.Namespace) -> None:

@@ -1,0 +1,28 @@
+"""The benchmark scripts run end to end on tiny inputs and report well-formed numbers."""
+
+import math
+
+from conftest import smoke_overrides
+
+
+def test_train_step_reports_a_breakdown(workdir):
+    from benchmarks.train_step import main
+
+    overrides = [o for o in smoke_overrides(workdir) if not o.startswith(("trainer.", "logger="))]
+    result = main(["conf=frameprompt", *overrides, "--steps", "2", "--warmup", "1"])
+    assert result["batch"][:3] == [2, 3, 5]  # (B, 3, T) of the smoke data
+    assert result["trainable_parameters"] > 0
+    for key in ("data_batch_s", "vae_encode_s", "dit_step_s_median"):
+        assert 0 < result[key] < 60
+    assert math.isclose(result["dit_steps_per_s"], 1 / result["dit_step_s_median"], rel_tol=1e-2)
+
+
+def test_vae_probe_reports_psnr_per_window(tmp_path):
+    from benchmarks.vae_probe import main
+    from data.synthetic import SyntheticConfig, generate_dataset
+
+    config = SyntheticConfig(train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=5, size=64, image_pairs_per_identity=0)
+    generate_dataset(tmp_path / "data", config, progress=False)
+    results = main(["--lrs", "1e-3", "--steps", "3", "--batch", "2", "--side", "32", "--", "--data", str(tmp_path / "data"), "--base-dim", "4"])
+    assert list(results) == ["0.001"] and len(results["0.001"]) == 1
+    assert 5 < results["0.001"][0] < 40
