@@ -212,3 +212,13 @@ def test_unianimate_frame0_reference_latent_encodes_one_frame():
     assert torch.all(reference[:, :, 1:] == 0)
     with pytest.raises(ValueError, match="reference_latent"):
         UniAnimate(tiny_backbone(36), ADAMW, reference_latent="clip")
+
+
+def test_unianimate_repeat_reference_latent_fills_every_frame():
+    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="repeat")
+    batch = fake_batch()
+    latents = system.encode(batch, system.latent_names(training=True))
+    reference = system.reference_latents(batch, latents)
+    assert reference.shape == latents["video"].shape
+    for frame in range(reference.shape[2]):
+        torch.testing.assert_close(reference[:, :, frame], latents["reference"][:, :, 0])

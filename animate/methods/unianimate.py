@@ -3,7 +3,9 @@
 - The reference enters the I2V way: the VAE latent of [reference, zero frames] and a 4-channel
   first-frame mask are concatenated on channels with the noisy latent (``channel_cond``).
   ``reference_latent="frame0"`` encodes the reference alone and pads with zero latents: 17x
-  cheaper to encode, for CPU runs from scratch (a pretrained I2V model expects ``"i2v"``).
+  cheaper to encode. ``"repeat"`` puts the reference latent in every frame: a DiT trained from
+  scratch then copies appearance per token instead of first learning Wan I2V's frame-0 copy
+  through attention, which a pretrained I2V model already has (it expects ``"i2v"``).
 - :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
@@ -32,6 +34,9 @@ def first_frame_mask(batch: int, frames: int, height: int, width: int, channels:
     return mask
 
 
+REFERENCE_LATENTS = ("i2v", "frame0", "repeat")
+
+
 class UniAnimate(AnimationSystem):
     """UniAnimate-DiT as a LightningModule."""
 
@@ -55,8 +60,8 @@ class UniAnimate(AnimationSystem):
                 f"UniAnimate needs a Wan I2V backbone with in_channels = {expected} (latents + mask + reference latent), "
                 f"got {backbone.in_channels}: set backbone.transformer.in_channels={expected}"
             )
-        if reference_latent not in ("i2v", "frame0"):
-            raise ValueError(f"method.reference_latent={reference_latent!r}: use 'i2v' or 'frame0'")
+        if reference_latent not in REFERENCE_LATENTS:
+            raise ValueError(f"method.reference_latent={reference_latent!r}: use one of {', '.join(REFERENCE_LATENTS)}")
         super().__init__(backbone, optimizer, **kwargs)
         self.reference_latent = reference_latent
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
@@ -72,11 +77,13 @@ class UniAnimate(AnimationSystem):
         return ("video", reference) if training else (reference,)
 
     def reference_latents(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
-        """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V) or VAE(reference) then zeros."""
+        """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V), VAE(reference) then zeros, or repeated."""
         if self.reference_latent == "i2v":
             return latents["reference_clip"]
         c, f, h, w = self.target_latent_shape(batch)
         reference = latents["reference"]  # (B, C, 1, h, w)
+        if self.reference_latent == "repeat":
+            return reference.expand(-1, -1, f, -1, -1)
         return torch.cat([reference, reference.new_zeros(reference.shape[0], c, f - 1, h, w)], dim=2)
 
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
