@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 
 from animate.callbacks import move_batch, peak_memory_mb
 from experiments.cli import CONF_DIR
+from metrics.evaluation import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Measure and print the step-time breakdown."""
     args = parse_args(argv)
     cfg = compose_run(args.overrides)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from animate.pose.layout import BODY, NUM_KEYPOINTS
 from data.pose_import import KeypointError, check_keypoints, find_sidecar, load_keypoints, natural_key, read_deepfashion_annotations
-from data.shards import Sample, ShardWriter, encode_sample, write_manifest
+from data.shards import Sample, ShardWriter, encode_sample, write_json_atomic, write_manifest
 
 GENERATOR_NAME = "data.prepare"
 GENERATOR_VERSION = 1
@@ -729,13 +729,6 @@ def empty_state(config: PrepareConfig) -> dict:
             "adjusted": {}}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(temporary, path)
-
-
 def load_state(out: Path, config: PrepareConfig) -> dict:
     """The state of an earlier run (same settings), or a fresh one; ``overwrite`` deletes earlier output first."""
     path = out / STATE_NAME
@@ -954,10 +947,10 @@ def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = Non
 
 def _save(out: Path, state: dict, run: dict | None) -> dict:
     """Write state, manifest and report atomically; returns the report."""
-    _write_json(out / STATE_NAME, state)
+    write_json_atomic(out / STATE_NAME, state, indent=1)
     write_manifest(out, manifest_of(state))
     report = report_of(state, run or {"run": state["runs"], "status": "interrupted or in progress"})
-    _write_json(out / REPORT_NAME, report)
+    write_json_atomic(out / REPORT_NAME, report, indent=1)
     return report
 
 

@@ -474,14 +474,19 @@ def iter_shard_samples(paths: Iterable[str | os.PathLike], counter: BadSampleCou
             counter.handler(bad)
 
 
-def write_manifest(directory: str | os.PathLike, info: dict) -> Path:
-    """Write ``directory/manifest.json`` atomically; returns its path."""
-    path = Path(directory) / MANIFEST_NAME
+def write_json_atomic(path: str | os.PathLike, data: dict, indent: int = 2) -> Path:
+    """Write ``data`` as JSON through a temporary file and a rename; returns the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{MANIFEST_NAME}.tmp")
-    temporary.write_text(json.dumps(info, indent=2, sort_keys=True))
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=indent, sort_keys=True))
     os.replace(temporary, path)
     return path
+
+
+def write_manifest(directory: str | os.PathLike, info: dict) -> Path:
+    """Write ``directory/manifest.json`` atomically; returns its path."""
+    return write_json_atomic(Path(directory) / MANIFEST_NAME, info)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

@@ -21,6 +21,7 @@ from animate.callbacks import atomic_write_text, move_batch
 from animate.methods.base import AnimationSystem, to_unit
 from animate.video import comparison_grid, write_mp4
 from experiments.cli import UsageError, run
+from metrics.evaluation import resolve_device
 from metrics.pixel import PSNR, MaskedPSNR
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def summarise(metrics: dict) -> dict:
 
 def generate(cfg: DictConfig) -> dict:
     """Render and score held-out clips of a checkpoint."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     system, run_cfg, _ = load_run(cfg.ckpt, device)
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / f"generate_{cfg.split}"
     datamodule = instantiate(run_cfg.data)
