@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from animate.geometry import WAN, Compression
+from common.files import atomic_torch_save
+from common.geometry import WAN, Compression
 
 TIMESTEP_SCALE = 1000.0  # Wan's timestep embedding takes t in [0, 1000]
 
@@ -293,10 +294,7 @@ def empty_prompt_embedding(
     embedding = encode_prompt(text_encoder, prompt, length)
     if embedding.shape[-1] != text_dim:
         raise ValueError(f"text encoder {text_encoder} gives width {embedding.shape[-1]}, backbone text_dim is {text_dim}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(embedding, tmp)
-    tmp.replace(cache)
+    atomic_torch_save(cache, embedding)
     return embedding
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.files import atomic_torch_save
+
 
 class LatentCache:
     """Per-sample latents on disk; ``get_or_encode`` encodes only the misses of a batch."""
@@ -54,14 +56,6 @@ class LatentCache:
             encoded = encode(pixels(missing))
             for i, latent in zip(missing, encoded):
                 found[i] = latent
-                self._write(self.path(keys[i], name), latent)
+                atomic_torch_save(self.path(keys[i], name), latent.detach().cpu().clone())
         device = next(iter(found.values())).device
         return torch.stack([found[i].to(device) for i in range(len(keys))])
-
-    @staticmethod
-    def _write(path: Path, latent: Tensor) -> None:
-        """Atomic save of one entry."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(latent.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data.prepare import PrepareConfig, prepare
-from data.shards import encode_video
+from common.video import encode_video
 from data.synthetic import SyntheticConfig, make_clip
 
 

@@ -5,7 +5,7 @@ the size of that resolution whose aspect ratio is closest to its own (log-ratio 
 centre-cropped to that aspect ratio and resized; a clip draws a frame count (1 + 4k) and falls
 back to the largest count it can fill. :class:`BucketBatcher` then groups samples of the same
 (size, frames) into batches with bounded memory. Sizes are (height, width) and multiples of the
-token side (16 for Wan, from :data:`animate.geometry.WAN`).
+token side (16 for Wan, from :data:`common.geometry.WAN`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
-from animate.geometry import WAN, Compression
+from common.geometry import WAN, Compression
 
 # Aspect ratios written width:height as for displays (16:9 is landscape).
 COMMON_ASPECT_RATIOS = ("9:16", "2:3", "3:4", "1:1", "4:3", "3:2", "16:9")

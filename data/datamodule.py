@@ -50,7 +50,7 @@ import torch.distributed as dist
 import webdataset as wds
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from animate.pose.render import render_pose
+from common.pose.render import render_pose
 from data.buckets import (
     BucketBatcher,
     BucketPlan,

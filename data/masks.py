@@ -3,7 +3,7 @@
 ``L = L_RF * M_text * ((w_roi - 1) * M_roi + 1)``: regions of interest (the head, and each hand
 whose 21 keypoint confidences all exceed ``roi_conf``) weigh ``w_roi``, text regions weigh 0,
 the rest 1. Masks are drawn at pixel resolution per frame, then brought to the token grid of
-:data:`animate.geometry.WAN`: a token (16 x 16 px) is ROI when any of its pixels is and is
+:data:`common.geometry.WAN`: a token (16 x 16 px) is ROI when any of its pixels is and is
 zeroed when any of its pixels is text; frames merge into latent frames causally (latent 0 =
 frame 0, latent i = frames 4i-3..4i) with the same rule.
 
@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from animate.geometry import WAN, Compression
-from animate.pose.layout import hand_boxes, head_box
+from common.geometry import WAN, Compression
+from common.pose.layout import hand_boxes, head_box
 
 Box = Sequence[float]  # [t, x0, y0, x1, y1]
 
@@ -39,7 +39,7 @@ def box_masks(boxes: Iterable[Box], num_frames: int, height: int, width: int) ->
 def roi_boxes(keypoints: np.ndarray, roi_conf: float = 0.8, head_conf: float = 0.3) -> list[list[float]]:
     """ROI boxes of keypoints (T, 133, 3): the head of each frame and every hand whose 21 points exceed ``roi_conf``.
 
-    The head box (``animate.pose.layout.head_box``: face and head points above ``head_conf``,
+    The head box (``common.pose.layout.head_box``: face and head points above ``head_conf``,
     raised for the forehead) counts when it has a positive area. Boxes are in pixel edges.
     """
     heads, _ = head_box(keypoints, threshold=head_conf)  # (T, 4)

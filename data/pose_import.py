@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from animate.pose.convert import assemble_dwpose133, openpose18_to_dwpose133, openpose25_to_dwpose133
-from animate.pose.layout import FEET, NUM_KEYPOINTS
+from common.pose.convert import assemble_dwpose133, openpose18_to_dwpose133, openpose25_to_dwpose133
+from common.pose.layout import FEET, NUM_KEYPOINTS
 
 POSE_SUFFIXES = (".pose.npy", ".npy", ".pkl", ".pickle", ".json")
 POSE_DIR_SUFFIXES = ("_openpose", ".openpose", "_keypoints")

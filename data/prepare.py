@@ -7,7 +7,7 @@ decoded with PyAV, resampled to ``fps`` by timestamp (nearest frame, so variable
 out right), resized to short side ``size`` (sides rounded to even numbers for H.264), cut into
 clips of ``clip_frames`` every ``clip_stride`` frames, given whole-body keypoints (``pose=sidecar``:
 the user's file beside the video, see :mod:`data.pose_import`; ``pose=dwpose``: the ONNX models
-in ``dwpose_dir``, see :mod:`animate.pose.dwpose`) and text boxes (``text=sidecar``: ``STEM.text.json``;
+in ``dwpose_dir``, see :mod:`common.pose.dwpose`) and text boxes (``text=sidecar``: ``STEM.text.json``;
 ``text=ocr``: an installed OCR detector), and written as shards in the documented format
 (docs/ARCHITECTURE.md) with ``manifest.json`` (which also counts the samples per bucket
 ``"HxWxT"`` of each split and subset under ``buckets``), so ``python -m experiments.fit data=prepared
@@ -48,9 +48,10 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from tqdm import tqdm
 
-from animate.pose.layout import BODY, NUM_KEYPOINTS
+from common.pose.layout import BODY, NUM_KEYPOINTS
 from data.pose_import import KeypointError, check_keypoints, find_sidecar, load_keypoints, natural_key, read_deepfashion_annotations
-from data.shards import Sample, ShardWriter, encode_sample, write_json_atomic, write_manifest
+from common.files import atomic_write_json
+from data.shards import Sample, ShardWriter, encode_sample, write_manifest
 
 GENERATOR_NAME = "data.prepare"
 GENERATOR_VERSION = 1
@@ -453,7 +454,7 @@ def _dwpose(config: PrepareConfig):
     """This process's DWPose extractor (created on first use)."""
     global _DWPOSE
     if _DWPOSE is None:
-        from animate.pose.dwpose import DWPose
+        from common.pose.dwpose import DWPose
 
         _DWPOSE = DWPose(config.dwpose_dir, threads=1 if config.workers > 1 else 0, keypoint_threshold=config.keypoint_threshold)
     return _DWPOSE
@@ -858,7 +859,7 @@ def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = Non
     if config.pose == "dwpose":
         import onnxruntime  # noqa: F401 - a missing package fails now, not once per source
 
-        from animate.pose.dwpose import model_paths
+        from common.pose.dwpose import model_paths
 
         model_paths(config.dwpose_dir)  # a missing model fails now, naming the file
     if config.text == "ocr":
@@ -947,10 +948,10 @@ def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = Non
 
 def _save(out: Path, state: dict, run: dict | None) -> dict:
     """Write state, manifest and report atomically; returns the report."""
-    write_json_atomic(out / STATE_NAME, state, indent=1)
+    atomic_write_json(out / STATE_NAME, state, indent=1)
     write_manifest(out, manifest_of(state))
     report = report_of(state, run or {"run": state["runs"], "status": "interrupted or in progress"})
-    write_json_atomic(out / REPORT_NAME, report, indent=1)
+    atomic_write_json(out / REPORT_NAME, report, indent=1)
     return report
 
 

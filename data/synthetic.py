@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
-from animate.pose import layout
+from common.pose import layout
 from data.shards import Sample, ShardWriter, encode_sample, read_manifest, write_manifest
 
 GENERATOR_NAME = "data.synthetic"

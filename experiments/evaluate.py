@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from animate.callbacks import move_batch
-from animate.video import write_mp4
+from common.video import write_mp4
 from experiments.cli import CONF_DIR, UsageError, reported
 from experiments.generate import load_run
 from experiments.training import build_logger

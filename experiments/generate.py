@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from animate.callbacks import atomic_write_text, move_batch
 from animate.methods.base import AnimationSystem, to_unit
-from animate.video import comparison_grid, write_mp4
+from common.video import comparison_grid, write_mp4
 from experiments.cli import UsageError, run
 from metrics.evaluation import resolve_device
 from metrics.pixel import PSNR, MaskedPSNR

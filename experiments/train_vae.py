@@ -29,7 +29,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
 from tqdm import tqdm
 
-from animate.geometry import WAN
+from common.geometry import WAN
 from animate.weights import save_diffusers
 from data.shards import Sample, iter_shard_samples, read_manifest
 from metrics.pixel import frame_psnr, masked_frame_psnr

@@ -1,18 +1,18 @@
 """Face boxes from COCO-WholeBody 133 keypoints, as Wan2.2-Animate's preprocessing draws them.
 
-Face = the 68 iBUG points at indices 23..90 (``animate.pose.layout.FACE``). A point is valid
+Face = the 68 iBUG points at indices 23..90 (``common.pose.layout.FACE``). A point is valid
 when its confidence is at least ``min_confidence`` (DWPose's 0.3). The box is the min/max of the
 valid points, its area scaled by ``area_scale`` (1.3) with the aspect ratio kept: the width grows
 equally on both sides, the height by 3 parts upward and 1 part downward (forehead). Coordinates
 are clipped to the frame and truncated to integers; the box covers rows ``y0:y1``, columns
-``x0:x1``. (``animate.pose.layout.face_box`` is the tight, unclipped numpy box of the same points.)
+``x0:x1``. (``common.pose.layout.face_box`` is the tight, unclipped numpy box of the same points.)
 """
 
 from __future__ import annotations
 
 import torch
 
-from animate.pose.layout import FACE
+from common.pose.layout import FACE
 
 
 def face_boxes(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.shards import decode_video
+from common.video import decode_video
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi"}
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 
-def smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
+def _smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
     """Real configs, cut to a few steps on a tiny synthetic dataset (with the VAE of ``workdir``)."""
     return [
         f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
@@ -17,6 +17,12 @@ def smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
         "data.synthetic.image_pairs_per_identity=1", f"paths.cache={tmp}/cache", "method.sampler.steps=2",
         "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={tmp}/vae",
     ]
+
+
+@pytest.fixture(scope="session")
+def smoke_overrides():
+    """``smoke_overrides(tmp, steps=2)``: overrides that cut a real config to a smoke run in ``tmp``."""
+    return _smoke_overrides
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,9 @@
 
 import math
 
-from conftest import smoke_overrides
 
 
-def test_train_step_reports_a_breakdown(workdir):
+def test_train_step_reports_a_breakdown(workdir, smoke_overrides):
     from benchmarks.train_step import main
 
     overrides = [o for o in smoke_overrides(workdir) if not o.startswith(("trainer.", "logger="))]

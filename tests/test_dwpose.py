@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from animate.pose.dwpose import (
+from common.pose.dwpose import (
     DETECTOR_FILE,
     POSE_FILE,
     DWPose,
@@ -229,7 +229,8 @@ def test_smoothing_averages_present_points_only():
 
 def test_prepare_extracts_poses_with_the_models(model_dir, tmp_path):
     from data.prepare import PrepareConfig, prepare
-    from data.shards import encode_video, iter_shard_samples
+    from common.video import encode_video
+    from data.shards import iter_shard_samples
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -17,7 +17,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import smoke_overrides  # the workdir fixture (a tiny random VAE) comes from conftest.py too
 from experiments.evaluate import mode
 from metrics.evaluation import log_report, run_evaluation
 
@@ -211,7 +210,7 @@ def test_the_command_runs_end_to_end_and_logs_to_offline_wandb(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(workdir) -> Path:
+def checkpoint(workdir, smoke_overrides) -> Path:
     """An untrained FramePrompt checkpoint holding what experiments.fit writes into one (the trainable
     weights and the run config), on the tiny dataset and VAE: seconds instead of a training run."""
     run_dir = workdir / "run_frameprompt"

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import smoke_overrides  # the workdir fixture comes from conftest.py too
 from experiments.cli import experiment_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +28,7 @@ def ckpt_step(path: Path) -> int:
 
 
 @pytest.mark.parametrize("conf", experiment_names())
-def test_every_conf_trains_checkpoints_and_writes_samples(conf, workdir):
+def test_every_conf_trains_checkpoints_and_writes_samples(conf, workdir, smoke_overrides):
     run = workdir / f"run_{conf}"
     result = fit([f"conf={conf}", *smoke_overrides(workdir), f"hydra.run.dir={run}"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,7 +54,7 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     assert len(list(out.glob("*.mp4"))) == 1
 
 
-def test_two_process_cpu_ddp(workdir):
+def test_two_process_cpu_ddp(workdir, smoke_overrides):
     run = workdir / "run_ddp"
     result = fit(["conf=frameprompt", *smoke_overrides(workdir), "trainer=ddp_cpu", f"hydra.run.dir={run}"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,7 +62,7 @@ def test_two_process_cpu_ddp(workdir):
     assert summary["status"] == "finished" and summary["global_step"] == 2
 
 
-def test_killed_run_resumes_without_lost_steps(workdir):
+def test_killed_run_resumes_without_lost_steps(workdir, smoke_overrides):
     run = workdir / "run_resume"
     args = ["conf=frameprompt", *smoke_overrides(workdir, steps=400), "ckpt_every_n_steps=1000",
             "callbacks.sample_videos.every_n_steps=0", f"hydra.run.dir={run}"]

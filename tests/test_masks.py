@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from animate.pose.layout import FACE, HEAD_BODY_POINTS, LEFT_HAND, RIGHT_HAND
+from common.pose.layout import FACE, HEAD_BODY_POINTS, LEFT_HAND, RIGHT_HAND
 from data.masks import box_masks, merge_latent_frames, pixel_masks, region_weights, roi_boxes
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 5  # tokens 4 x 6, latent frames 2

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from animate.pose import layout
-from animate.pose.layout import (
+from common.pose import layout
+from common.pose.layout import (
     BODY, FACE, FEET, LEFT_HAND, RIGHT_HAND, Body, face_box, hand_boxes, head_box, to_dwpose134, to_openpose18,
 )
 

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from animate.pose.convert import (
+from common.pose.convert import (
     OPENPOSE25_TO_COCO,
     dwpose133_to_openpose18,
     openpose18_to_dwpose133,
     openpose25_to_dwpose133,
 )
-from animate.pose.layout import BODY, FEET, Body
-from animate.pose.retarget import BONES, NECK, bone_lengths, retarget, with_neck
-from animate.pose.translate import closest_orientation, translate_reference
+from common.pose.layout import BODY, FEET, Body
+from common.pose.retarget import BONES, NECK, bone_lengths, retarget, with_neck
+from common.pose.translate import closest_orientation, translate_reference
 from data.synthetic import SyntheticConfig, make_clip
 
 CONFIG = SyntheticConfig(size=64, frames=9)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animate.pose.layout import Body, to_dwpose134, to_openpose18
+from common.pose.layout import Body, to_dwpose134, to_openpose18
 from data.pose_import import KeypointError, load_keypoints, read_deepfashion_annotations
 from data.prepare import REPORT_NAME, STATE_NAME, PrepareConfig, main, prepare
-from data.shards import encode_video, iter_shard_samples, read_manifest
+from common.video import encode_video
+from data.shards import iter_shard_samples, read_manifest
 from data.synthetic import SyntheticConfig, make_clip, make_image_pair
 
-from conftest import smoke_overrides  # the workdir fixture (tiny random Wan VAE) comes from conftest.py too
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -378,7 +378,7 @@ def prepared(workdir):
     return tmp
 
 
-def test_prepared_folder_trains_with_experiments_fit(prepared, workdir):
+def test_prepared_folder_trains_with_experiments_fit(prepared, workdir, smoke_overrides):
     run = prepared / "run"
     synthetic_only = ("data.synthetic.", "data.root=", "data.val_samples=")
     overrides = [arg for arg in smoke_overrides(workdir) if not arg.startswith(synthetic_only)]

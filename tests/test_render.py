@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from animate.pose.layout import FACE, LEFT_HAND, Body
-from animate.pose.render import pose_to_tensor, render_pose
+from common.pose.layout import FACE, LEFT_HAND, Body
+from common.pose.render import pose_to_tensor, render_pose
 
 SIZE = 256
 

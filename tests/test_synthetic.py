@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from animate.pose.layout import hand_boxes
+from common.pose.layout import hand_boxes
 from data.shards import BadSampleCounter, iter_shard_samples, read_manifest
 from data.synthetic import (
     SUBSET_PREFIXES, SyntheticConfig, ensure_dataset, frame_size, generate_dataset, make_clip, make_image_pair,

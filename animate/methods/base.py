@@ -9,13 +9,11 @@ dropout, cumulative CFG, sampling, optimizers and small checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 from torch import Tensor
 
@@ -23,7 +21,6 @@ from animate.backbone import AttentionBranch, PackedInput, WanBackbone
 from animate.flow import euler_sample, flow_loss, guidance_weights, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
-from metrics.suite import MetricSuite
 
 
 @dataclass
@@ -112,7 +109,7 @@ class AnimationSystem(L.LightningModule):
         self.region_weights = region_weights
         self.latent_cache = LatentCache(latent_cache, namespace=backbone.vae.fingerprint() if latent_cache and backbone.vae else "")
         self.val_sample_batches = val_sample_batches
-        self.metrics = MetricSuite.from_config(metrics) if isinstance(metrics, (Mapping, DictConfig)) else metrics
+        self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         if backbone.vae is not None:

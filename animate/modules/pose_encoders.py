@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from animate.geometry import WAN, Compression
+from common.geometry import WAN, Compression
 
 
 def _conv3d(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Conv3d:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from animate.pose.layout import NUM_KEYPOINTS, Body
+from common.pose.layout import NUM_KEYPOINTS, Body
 
 ORIENTATION_BONES = (
     (Body.RIGHT_SHOULDER, Body.LEFT_SHOULDER), (Body.RIGHT_HIP, Body.LEFT_HIP), (Body.RIGHT_EYE, Body.LEFT_EYE),

@@ -27,7 +27,7 @@ from collections import deque
 
 import numpy as np
 
-from animate.pose.layout import FACE, FEET, HAND_EDGES, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, Body, Foot
+from common.pose.layout import FACE, FEET, HAND_EDGES, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, Body, Foot
 
 NECK = NUM_KEYPOINTS  # index of the virtual neck in the extended (134-point) array
 MODES = ("ratio", "length")

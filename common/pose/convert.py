@@ -4,7 +4,7 @@ All functions take and return ``(..., N, 3)`` float32 arrays: x, y in pixels, co
 [0, 1] (0 = absent). Points a layout lacks are absent (zeros) after conversion.
 
 - 133 -> 18: :func:`dwpose133_to_openpose18` (the neck is the shoulder midpoint, with the smaller
-  shoulder confidence, as DWPose inserts it before rendering; see ``animate.pose.layout``).
+  shoulder confidence, as DWPose inserts it before rendering; see ``common.pose.layout``).
 - 18 -> 133: :func:`openpose18_to_dwpose133` fills the 17 COCO body points and drops the neck
   (it is derived from the shoulders); feet, face and hands come from ``rest`` when given.
   133 -> 18 -> 133 keeps the body exactly; 18 -> 133 -> 18 keeps every point whose neck
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from animate.pose.layout import (
+from common.pose.layout import (
     FACE,
     FEET,
     LEFT_HAND,

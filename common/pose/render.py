@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from animate.pose.layout import FACE, HAND_EDGES, HANDS, OPENPOSE_DRAWN_LIMBS, to_openpose18
+from common.pose.layout import FACE, HAND_EDGES, HANDS, OPENPOSE_DRAWN_LIMBS, to_openpose18
 
 OPENPOSE_COLORS = np.array(
     [

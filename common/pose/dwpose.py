@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from animate.pose.layout import NUM_KEYPOINTS
+from common.pose.layout import NUM_KEYPOINTS
 
 DETECTOR_FILE = "yolox_l.onnx"
 POSE_FILE = "dw-ll_ucoco_384.onnx"
