@@ -8,14 +8,17 @@ channel-concatenated conditioning (Wan I2V style), additive token injections bef
 after block k, extra attention branches beside self-attention, an attention mask, and RoPE with
 an explicit per-frame time index.
 
-The block loop calls the parts of diffusers' ``WanTransformerBlock`` (``norm1``, ``attn1``,
-``attn2``, ``ffn`` ...) so that weights, attention processors and LoRA targets stay diffusers'.
+The block loop runs the parts of diffusers' ``WanTransformerBlock`` (norms, self- and
+cross-attention through their attention processors, feed-forward) so that weights, processors
+and LoRA targets stay diffusers'; every reach into diffusers' internals goes through
+:mod:`animate.diffusers_wan`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -23,17 +26,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from animate import diffusers_wan as wan
 from common.files import atomic_torch_save
 from common.geometry import WAN, Compression
 
-TIMESTEP_SCALE = 1000.0  # Wan's timestep embedding takes t in [0, 1000]
-
 
 class AttentionBranch(Protocol):
-    """An extra attention branch whose output is added to a block's self-attention output."""
+    """An extra attention branch whose output is added to a block's self-attention output.
 
-    def __call__(self, block_index: int, block: nn.Module, norm_hidden_states: Tensor, packed: "PackedInput") -> Tensor:
-        """Return (B, L, D) to add to ``attn1``'s output before the gate."""
+    A branch is a module of the method (its weights are shared by every sample); what it reads
+    per sample comes from ``PackedInput.branch_inputs``, tensors batched like the latents, so a
+    batch of several CFG levels gives each sample its own inputs.
+    """
+
+    def __call__(self, block_index: int, block: nn.Module, norm_hidden_states: Tensor, inputs: dict[str, Tensor], rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
+        """Return (B, L, D) to add to the block's self-attention output before the gate."""
 
 
 @dataclass
@@ -46,7 +53,8 @@ class PackedInput:
     frame_ids: Tensor | None = None  # (B, F) RoPE time index per latent frame; default arange(F)
     injections: dict[int, Tensor] = field(default_factory=dict)  # block -> (B, L, D); -1 = before block 0
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool, True = may attend
-    branches: dict[int, AttentionBranch] = field(default_factory=dict)  # block -> extra attention branch
+    branches: Mapping[int, AttentionBranch] = field(default_factory=dict)  # block -> the method's branch module
+    branch_inputs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) per-sample branch inputs
     context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
 
     @property
@@ -58,11 +66,9 @@ class PackedInput:
 
 def rotary_embedding(rope: nn.Module, frame_ids: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Wan 3D RoPE cos/sin (B, L, 1, head_dim) for a token grid with explicit frame indices."""
-    split = [rope.t_dim, rope.h_dim, rope.w_dim]
-    cos_t, cos_h, cos_w = rope.freqs_cos.split(split, dim=1)
-    sin_t, sin_h, sin_w = rope.freqs_sin.split(split, dim=1)
+    (cos_t, cos_h, cos_w), (sin_t, sin_h, sin_w) = wan.rope_tables(rope)
     b, f = frame_ids.shape
-    ids = frame_ids.long().to(rope.freqs_cos.device)
+    ids = frame_ids.long().to(cos_t.device)
 
     def grid(t_part: Tensor, h_part: Tensor, w_part: Tensor) -> Tensor:
         t_part = t_part[ids].view(b, f, 1, 1, -1).expand(b, f, height, width, -1)
@@ -89,29 +95,24 @@ def block_forward(
 ) -> Tensor:
     """A diffusers WanTransformerBlock with per-frame modulation, a mask and an optional branch."""
     frames = modulation.shape[1]
-    mod = (block.scale_shift_table.unsqueeze(0) + modulation).unsqueeze(2)  # (B, F, 1, 6, D)
-    shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(3)  # each (B, F, 1, D)
+    shift, scale, gate, c_shift, c_scale, c_gate = wan.block_modulation(block, modulation)  # each (B, F, 1, D)
 
-    def modulate(norm: nn.Module, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-        y = _per_frame(norm(x.float()), frames) * (1 + scale) + shift
-        return y.flatten(1, 2).type_as(x)
+    def modulate(normed: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        return (_per_frame(normed, frames) * (1 + scale) + shift).flatten(1, 2).type_as(hidden_states)
 
     def gated(x: Tensor, update: Tensor, gate: Tensor) -> Tensor:
         y = _per_frame(x.float(), frames) + _per_frame(update.float(), frames) * gate
         return y.flatten(1, 2).type_as(x)
 
-    norm_hidden_states = modulate(block.norm1, hidden_states, shift, scale)
-    attn_output = block.attn1(norm_hidden_states, None, packed.attention_mask, rotary_emb)
+    norm_hidden_states = modulate(wan.self_attention_norm(block, hidden_states), shift, scale)
+    attn_output = wan.self_attention(block, norm_hidden_states, packed.attention_mask, rotary_emb)
     branch = packed.branches.get(index)
     if branch is not None:
-        attn_output = attn_output + branch(index, block, norm_hidden_states, packed)
+        attn_output = attn_output + branch(index, block, norm_hidden_states, packed.branch_inputs, rotary_emb)
     hidden_states = gated(hidden_states, attn_output, gate)
-
-    norm_hidden_states = block.norm2(hidden_states.float()).type_as(hidden_states)
-    hidden_states = hidden_states + block.attn2(norm_hidden_states, context, None, None)
-
-    norm_hidden_states = modulate(block.norm3, hidden_states, c_shift, c_scale)
-    return gated(hidden_states, block.ffn(norm_hidden_states), c_gate)
+    hidden_states = hidden_states + wan.cross_attention(block, hidden_states, context)
+    norm_hidden_states = modulate(wan.feed_forward_norm(block, hidden_states), c_shift, c_scale)
+    return gated(hidden_states, wan.feed_forward(block, norm_hidden_states), c_gate)
 
 
 class WanBackbone(nn.Module):
@@ -157,7 +158,6 @@ class WanBackbone(nn.Module):
 
     def embed(self, packed: PackedInput) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Patchify and embed: tokens (B, L, D), temb (B, F, D), modulation (B, F, 6, D), context."""
-        model = self.transformer
         x = packed.latents
         if packed.channel_cond is not None:
             x = torch.cat([x, packed.channel_cond.to(x.dtype)], dim=1)
@@ -166,34 +166,30 @@ class WanBackbone(nn.Module):
                 f"packed input has {x.shape[1]} channels (latents + channel_cond) but the transformer's "
                 f"patch embedding expects {self.in_channels}: set backbone.transformer.in_channels"
             )
-        tokens = model.patch_embedding(x.to(model.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2).contiguous()
-        b, f = packed.t.shape
+        tokens = wan.patchify(self.transformer, x)
+        b = packed.t.shape[0]
         context = packed.context if packed.context is not None else self.text_embedding.expand(b, -1, -1)
-        temb, timestep_proj, context, _ = model.condition_embedder(
-            packed.t.flatten() * TIMESTEP_SCALE, context.to(tokens.dtype), None, timestep_seq_len=f
-        )
-        modulation = timestep_proj.unflatten(2, (6, -1)).float()  # (B, F, 6, D)
+        temb, modulation, context = wan.embed_conditions(self.transformer, packed.t, context.to(tokens.dtype))
         return tokens, temb, modulation, context
 
     def forward(self, packed: PackedInput) -> Tensor:
         """Velocity (B, C_out, F, h, w) for a packed input."""
-        model = self.transformer
         b, _, f, h, w = packed.latents.shape
         gf, gh, gw = packed.grid
         frame_ids = packed.frame_ids
         if frame_ids is None:
             frame_ids = torch.arange(f, device=packed.latents.device).expand(b, f)
-        rotary_emb = rotary_embedding(model.rope, frame_ids, gh, gw)
+        rotary_emb = rotary_embedding(self.transformer.rope, frame_ids, gh, gw)
         hidden_states, temb, modulation, context = self.embed(packed)
         hidden_states = self._inject(hidden_states, packed, -1)
-        for index, block in enumerate(model.blocks):
+        for index, block in enumerate(self.transformer.blocks):
             args = (block, index, hidden_states, context, modulation, rotary_emb, packed)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden_states = checkpoint(block_forward, *args, use_reentrant=False)
             else:
                 hidden_states = block_forward(*args)
             hidden_states = self._inject(hidden_states, packed, index)
-        return self.unpatchify(self.head(hidden_states, temb), gf, gh, gw)
+        return self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
 
     @staticmethod
     def _inject(hidden_states: Tensor, packed: PackedInput, index: int) -> Tensor:
@@ -201,17 +197,9 @@ class WanBackbone(nn.Module):
         extra = packed.injections.get(index)
         return hidden_states if extra is None else hidden_states + extra.to(hidden_states.dtype)
 
-    def head(self, hidden_states: Tensor, temb: Tensor) -> Tensor:
-        """Output norm with per-frame shift/scale and projection: (B, L, p*C)."""
-        model = self.transformer
-        frames = temb.shape[1]
-        shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unsqueeze(2).unbind(3)
-        x = _per_frame(model.norm_out(hidden_states.float()), frames) * (1 + scale) + shift
-        return model.proj_out(x.flatten(1, 2).type_as(hidden_states))
-
     def unpatchify(self, x: Tensor, f: int, h: int, w: int) -> Tensor:
         """(B, L, pt*ph*pw*C) -> (B, C, F, H, W)."""
-        pt, ph, pw = self.transformer.config.patch_size
+        pt, ph, pw = wan.patch_size(self.transformer)
         b = x.shape[0]
         x = x.reshape(b, f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, -1, f * pt, h * ph, w * pw)
@@ -315,10 +303,7 @@ def encode_prompt(text_encoder: str, prompt: str, length: int) -> Tensor:
 
 def build_transformer(**config) -> nn.Module:
     """A randomly initialised diffusers WanTransformer3DModel from keyword config."""
-    from diffusers import WanTransformer3DModel
-
-    config = {k: tuple(v) if isinstance(v, list) and k == "patch_size" else v for k, v in config.items()}
-    return WanTransformer3DModel(**config)
+    return wan.new_transformer(**config)
 
 
 def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Module:
@@ -333,11 +318,8 @@ def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Modul
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight
         new.bias.copy_(old.bias)
-    transformer.patch_embedding = new
-    transformer.register_to_config(in_channels=in_channels)
+    wan.set_in_channels(transformer, new)
     return transformer
-
-
 
 ASSETS = Path(__file__).parent / "assets"
 

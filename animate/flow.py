@@ -8,7 +8,6 @@ Time is per latent frame ``(B, F)``: frames whose role is a clean condition stay
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -77,11 +76,11 @@ def guidance_weights(scales: Sequence[float]) -> list[float]:
     return coefficients
 
 
-VelocityFn = Callable[[Tensor, Tensor, Sequence[int]], Tensor]
+LevelVelocityFn = Callable[[Tensor, Tensor, Sequence[int]], Tensor]
 """(latents (B, C, F, h, w), t (B, F), levels) -> velocity (len(levels) * B, C, F, h, w), batched by level."""
 
 
-def guided_velocity(velocity_fn: VelocityFn, latents: Tensor, t: Tensor, scales: Sequence[float]) -> Tensor:
+def guided_velocity(velocity_fn: LevelVelocityFn, latents: Tensor, t: Tensor, scales: Sequence[float]) -> Tensor:
     """Cumulative classifier-free guidance with every needed level in one batched forward."""
     coefficients = guidance_weights(scales)
     levels = [i for i, c in enumerate(coefficients) if c != 0.0]
@@ -90,35 +89,18 @@ def guided_velocity(velocity_fn: VelocityFn, latents: Tensor, t: Tensor, scales:
     return sum(coefficients[level] * v for level, v in zip(levels, predictions))
 
 
-@dataclass
-class SamplerConfig:
-    """Euler sampler settings."""
-
-    steps: int = 50
-    shift: float = 5.0
-    guidance: tuple[float, ...] = (1.0,)
-
-
 @torch.no_grad()
 def euler_sample(
-    velocity_fn: VelocityFn,
-    noise: Tensor,  # (B, C, F, h, w)
-    clean: Tensor,  # (B, C, F, h, w): values of the clean (condition) frames
-    generate: Tensor,  # (B, F) bool: frames to generate; the rest are held clean at t = 0
+    velocity_fn: Callable[[Tensor, Tensor], Tensor],  # (x (B, C, F, h, w), t (B, F)) -> velocity
+    x: Tensor,  # (B, C, F, h, w) at t = 1
+    generate: Tensor,  # (B, F) bool: frames to integrate; the rest are seen at t = 0
     steps: int,
     shift: float = 1.0,
-    guidance: Sequence[float] = (1.0,),
-    callback: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
-    """Euler integration from t = 1 to 0 on the generated frames; condition frames stay clean."""
-    times = sampling_times(steps, shift, device=noise.device)
-    keep = _frames(~generate)
-    x = torch.where(keep, clean, noise)
+    """Euler integration of dx/dt = v from t = 1 to 0 over the shifted schedule."""
+    times = sampling_times(steps, shift, device=x.device)
     for i in range(steps):
         t, s = times[i], times[i + 1]
-        t_frames = torch.where(generate, t, torch.zeros_like(t)).to(noise.dtype)  # (B, F)
-        v = guided_velocity(velocity_fn, x, t_frames, guidance)
-        x = torch.where(keep, clean, x + (s - t) * v)
-        if callback is not None:
-            callback(i, x)
+        t_frames = torch.where(generate, t, torch.zeros_like(t)).to(x.dtype)  # (B, F)
+        x = x + (s - t) * velocity_fn(x, t_frames)
     return x

@@ -1,4 +1,4 @@
-"""LoRA on the Wan transformer through peft: inject, list trainable weights, merge for export."""
+"""LoRA on the Wan transformer through peft: inject, merge for export."""
 
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ def add_lora(
     if not any("lora_" in name for name, _ in transformer.named_parameters()):
         raise ValueError(f"no LoRA target matched: targets {list(targets)} are not module names in the transformer")
     return transformer
-
-
-def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA weights of ``module`` (for small checkpoints and export)."""
-    return {k: v for k, v in module.state_dict().items() if "lora_" in k}
 
 
 @torch.no_grad()

@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     data_seconds, batch = timed(lambda: next(iter(datamodule.train_dataloader())), device)
     batch = move_batch(batch, device)
-    names = system.latent_names(training=True)
+    inputs = system.latent_inputs(training=True)
     with torch.no_grad():
-        encode_seconds, latents = timed(lambda: system.encode(batch, names), device)
-    system.encode = lambda batch, names: latents  # the DiT step alone from here on
+        encode_seconds, latents = timed(lambda: system.encode(batch, inputs), device)
+    system.encode = lambda batch, inputs: latents  # the DiT step alone from here on
     system.train()
 
     def step() -> None:

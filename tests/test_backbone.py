@@ -1,7 +1,11 @@
 """The packed forward against diffusers' own forward, and each extension point."""
 
+import tomllib
+from pathlib import Path
+
 import pytest
 import torch
+from packaging.requirements import Requirement
 
 from animate.backbone import (
     PackedInput,
@@ -88,7 +92,7 @@ def test_attention_branch_is_added_to_self_attention(backbone):
     t = torch.full((1, 2), 0.5)
     calls = []
 
-    def branch(index, block, norm_hidden_states, packed):
+    def branch(index, block, norm_hidden_states, inputs, rotary_emb):
         calls.append(index)
         return torch.ones_like(norm_hidden_states)
 
@@ -126,3 +130,16 @@ def test_seeded_prompt_embedding_is_deterministic():
     a = empty_prompt_embedding(16, length=8)
     b = empty_prompt_embedding(16, length=8)
     assert a.shape == (1, 8, 16) and torch.equal(a, b)
+
+
+def test_unsupported_diffusers_is_one_clear_error():
+    from animate.diffusers_wan import SUPPORTED_DIFFUSERS, check_diffusers_version
+
+    assert check_diffusers_version("0.42.1") == "0.42.1"
+    with pytest.raises(ImportError, match=r"diffusers 0\.30\.0 is not supported.*pip install 'diffusers"):
+        check_diffusers_version("0.30.0")
+    with pytest.raises(ImportError, match="not supported"):
+        check_diffusers_version("9.0.0")
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pinned = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("diffusers")]
+    assert [r.specifier for r in pinned] == [SUPPORTED_DIFFUSERS]  # the pin and the adapter's check agree

@@ -68,28 +68,26 @@ def test_euler_recovers_data_with_exact_velocity():
     x0 = torch.randn(2, 3, 4, 2, 2)
     noise = torch.randn_like(x0)
 
-    def exact(x, t, levels):  # straight path to x0: v = (x_t - x0) / t
+    def exact(x, t):  # straight path to x0: v = (x_t - x0) / t, zero on frames seen at t = 0
         tt = t[:, None, :, None, None].clamp_min(1e-8)
-        return torch.cat([torch.where(tt > 0, (x - x0) / tt, torch.zeros_like(x))] * len(levels))
+        return torch.where(tt > 0, (x - x0) / tt, torch.zeros_like(x))
 
     generate = torch.tensor([[False, True, True, True]] * 2)
-    out = euler_sample(exact, noise, x0, generate, steps=7, shift=3.0)
+    start = torch.where(generate[:, None, :, None, None], noise, x0)
+    out = euler_sample(exact, start, generate, steps=7, shift=3.0)
     torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
 
 
-def test_condition_frames_stay_clean_and_see_time_zero():
-    clean = torch.randn(1, 2, 3, 2, 2)
+def test_frames_not_generated_see_time_zero():
     seen = []
 
-    def record(x, t, levels):
+    def record(x, t):
         seen.append(t.clone())
-        torch.testing.assert_close(x[:, :, 0], clean[:, :, 0])
-        return torch.zeros(len(levels) * x.shape[0], *x.shape[1:])
+        return torch.zeros_like(x)
 
     generate = torch.tensor([[False, True, True]])
-    out = euler_sample(record, torch.randn_like(clean), clean, generate, steps=3)
-    assert all(t[0, 0] == 0 and t[0, 1] > 0 for t in seen)
-    torch.testing.assert_close(out[:, :, 0], clean[:, :, 0])
+    euler_sample(record, torch.randn(1, 2, 3, 2, 2), generate, steps=3)
+    assert len(seen) == 3 and all(t[0, 0] == 0 and t[0, 1] > 0 for t in seen)
 
 
 def test_cumulative_cfg_weights_and_passes():

@@ -1,59 +1,14 @@
 """UniAnimate-DiT and FramePrompt systems on fabricated batches with tiny random models."""
 
-from functools import partial
-
 import pytest
 import torch
-from diffusers import AutoencoderKLWan
 
-from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
+from animate.backbone import build_transformer, expand_patch_embedding
 from animate.lora import merged_state_dict
-from animate.methods.base import LatentSequence
+from animate.methods.base import LatentSequence, video_pixels
 from animate.methods.frameprompt import FramePrompt, context_causal_mask
 from animate.methods.unianimate import UniAnimate
-
-ARCH = dict(
-    patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-    text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64,
-)
-
-
-def tiny_vae():
-    torch.manual_seed(0)
-    return VideoAutoencoder(AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])).eval()
-
-
-def tiny_backbone(in_channels=16):
-    torch.manual_seed(0)
-    model = build_transformer(**ARCH)
-    expand_patch_embedding(model, in_channels)
-    return WanBackbone(model, tiny_vae(), torch.randn(1, 4, 16))
-
-
-def fake_batch(b=2, t=5, h=32, w=32):
-    g = torch.Generator().manual_seed(0)
-    rand = lambda *s: torch.rand(*s, generator=g) * 2 - 1
-    return {
-        "video": rand(b, 3, t, h, w),
-        "pose": rand(b, 3, t, h, w),
-        "reference": rand(b, 3, h, w),
-        "reference_pose": rand(b, 3, h, w),
-        "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16),
-        "person_mask": torch.ones(b, t, h, w, dtype=torch.bool),
-        "cache_key": [f"clip{i}" for i in range(b)],
-    }
-
-
-ADAMW = partial(torch.optim.AdamW, lr=1e-3)
-
-
-def unianimate(**kw):
-    return UniAnimate(tiny_backbone(36), ADAMW, sampler=dict(steps=2, guidance=[1.5]), **kw)
-
-
-def frameprompt(**kw):
-    return FramePrompt(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[1.0]), **kw)
-
+from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, tiny_backbone, unianimate
 
 @pytest.mark.parametrize("make", [unianimate, frameprompt])
 def test_loss_backward_and_generate_shapes(make):
@@ -96,14 +51,14 @@ def test_unianimate_requires_i2v_channels():
 
 def test_unknown_dropout_condition_is_rejected():
     with pytest.raises(ValueError, match="valid"):
-        UniAnimate(tiny_backbone(36), ADAMW, condition_dropout={"face": 0.1})
+        UniAnimate(tiny_backbone(36), ADAMW, condition_dropout={"reference_pose": 0.1})
 
 
 def test_frameprompt_sequence_roles_and_loss_frames():
     batch = fake_batch()
     for loss_frames in ("half", "all"):
         system = frameprompt(loss_frames=loss_frames)
-        latents = system.encode(batch, system.latent_names(training=True))
+        latents = system.encode(batch, system.latent_inputs(training=True))
         drops = system.level_drops(1, 2)
         seq = system.build_sequence(batch, latents, drops, training=True)
         # [reference (1) | pose (2) | target (2)] latent frames
@@ -117,10 +72,10 @@ def test_frameprompt_sequence_roles_and_loss_frames():
 def test_frameprompt_without_selective_noise_noises_context_in_training_only():
     system = frameprompt(selective_noise=False)
     batch = fake_batch()
-    latents = system.encode(batch, system.latent_names(training=True))
+    latents = system.encode(batch, system.latent_inputs(training=True))
     drops = system.level_drops(1, 2)
     assert system.build_sequence(batch, latents, drops, training=True).generate.all()
-    latents = system.encode(batch, system.latent_names(training=False))
+    latents = system.encode(batch, system.latent_inputs(training=False))
     assert not system.build_sequence(batch, latents, drops, training=False).generate[:, :3].any()
 
 
@@ -134,13 +89,13 @@ def test_causal_mask_semantics():
 def test_frameprompt_causal_mask_keeps_context_blind_to_target():
     system = frameprompt(causal_mask=True).eval()
     batch = fake_batch(b=1)
-    latents = system.encode(batch, system.latent_names(training=True))
+    latents = system.encode(batch, system.latent_inputs(training=True))
     seq = system.build_sequence(batch, latents, system.level_drops(1, 1), training=True)
     t = torch.zeros(1, 5)
-    out1 = system.backbone(seq.packed(seq.clean, t))
+    out1 = system(seq, seq.clean, t)
     changed = seq.clean.clone()
     changed[:, :, 3:] += 1
-    out2 = system.backbone(seq.packed(changed, t))
+    out2 = system(seq, changed, t)
     torch.testing.assert_close(out1[:, :, :3], out2[:, :, :3])
     assert not torch.allclose(out1[:, :, 3:], out2[:, :, 3:])
 
@@ -195,8 +150,8 @@ def test_lora_merge_matches_adapted_forward():
 def test_latent_cache_hits_on_second_encode(tmp_path):
     system = UniAnimate(tiny_backbone(36), ADAMW, latent_cache=str(tmp_path))
     batch = fake_batch()
-    first = system.encode(batch, ("video",))
-    second = system.encode(batch, ("video",))
+    first = system.encode(batch, {"video": video_pixels})
+    second = system.encode(batch, {"video": video_pixels})
     torch.testing.assert_close(first["video"], second["video"])
     assert system.latent_cache.misses == 2 and system.latent_cache.hits == 2
 
@@ -204,8 +159,8 @@ def test_latent_cache_hits_on_second_encode(tmp_path):
 def test_unianimate_frame0_reference_latent_encodes_one_frame():
     system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="frame0")
     batch = fake_batch()
-    assert system.latent_names(training=False) == ("reference",)
-    latents = system.encode(batch, system.latent_names(training=True))
+    assert list(system.latent_inputs(training=False)) == ["reference"]
+    latents = system.encode(batch, system.latent_inputs(training=True))
     reference = system.reference_latents(batch, latents)
     assert reference.shape == latents["video"].shape
     torch.testing.assert_close(reference[:, :, :1], latents["reference"])
@@ -217,7 +172,7 @@ def test_unianimate_frame0_reference_latent_encodes_one_frame():
 def test_unianimate_repeat_reference_latent_fills_every_frame():
     system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="repeat")
     batch = fake_batch()
-    latents = system.encode(batch, system.latent_names(training=True))
+    latents = system.encode(batch, system.latent_inputs(training=True))
     reference = system.reference_latents(batch, latents)
     assert reference.shape == latents["video"].shape
     for frame in range(reference.shape[2]):

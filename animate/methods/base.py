@@ -1,44 +1,60 @@
-"""The shared LightningModule: one rectified-flow training and sampling loop for every method.
+"""The shared LightningModule: one flow-matching training and sampling loop for every method.
 
-A method says only how a batch becomes a latent sequence with roles (:meth:`build_sequence`):
-which frames are clean conditions, which are generated, which carry loss, and what else enters
-the backbone. The base class owns encoding (with the latent cache), noising, the loss, condition
-dropout, cumulative CFG, sampling, optimizers and small checkpoints.
+A method says how a batch becomes a latent sequence with roles (:meth:`build_sequence`): which
+frames are clean conditions, which are generated, which carry loss, and what else enters the
+backbone; which pixel inputs it encodes (:meth:`latent_inputs`); and, if it trains on another
+flow than plain rectified flow, its flow pair (:meth:`flow_pair`) and the matching sampling rule
+(:meth:`hold`). The base class owns encoding (with the latent cache), condition dropout,
+cumulative CFG, sampling, prediction, optimizers and small checkpoints.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from animate.backbone import AttentionBranch, PackedInput, WanBackbone
-from animate.flow import euler_sample, flow_loss, guidance_weights, interpolate, sample_time
+from animate.flow import euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
+
+PixelFn = Callable[[dict], Tensor]
+"""batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
 
 
 @dataclass
 class LatentSequence:
-    """A batch laid out along time with roles, plus what else enters the backbone."""
+    """A batch laid out along time with roles, plus what else enters the backbone.
+
+    Every tensor is batch-first, so the sequences of several CFG levels concatenate along the
+    batch into one forward (:meth:`cat`). A method that needs more per-sample data subclasses it
+    and adds fields; tensors, dicts of tensors and equal non-tensor values all concatenate.
+    """
 
     clean: Tensor  # (B, C, F, h, w) clean latents (target frames: ground truth, or zeros at inference)
     generate: Tensor  # (B, F) bool: frames that are noised in training and generated at inference
     loss_weight: Tensor  # (B, 1, F, h, w) per-element loss weight (frame roles x region weights)
     target: slice  # latent frames that form the output video
-    channel_cond: Tensor | None = None
-    injections: dict[int, Tensor] = field(default_factory=dict)
-    attention_mask: Tensor | None = None
-    frame_ids: Tensor | None = None
-    branches: dict[int, AttentionBranch] = field(default_factory=dict)
+    channel_cond: Tensor | None = None  # (B, Cc, F, h, w)
+    injections: dict[int, Tensor] = field(default_factory=dict)  # block -> (B, L, D)
+    attention_mask: Tensor | None = None  # (B, 1, L, L) bool
+    frame_ids: Tensor | None = None  # (B, F) RoPE time index
+    branch_inputs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) read by the attention branches
 
-    def packed(self, latents: Tensor, t: Tensor) -> PackedInput:
-        """The backbone input for noisy ``latents`` at per-frame times ``t`` (B, F)."""
+    def frame_times(self, t: Tensor) -> Tensor:
+        """Per-frame flow time (B, F): ``t`` (B,) on generated frames, 0 on held (clean) frames."""
+        return torch.where(self.generate, t[:, None], torch.zeros_like(t[:, None]))
+
+    def packed(self, latents: Tensor, t: Tensor, branches: Mapping[int, AttentionBranch] | None = None) -> PackedInput:
+        """The backbone input for ``latents`` at per-frame times ``t`` (B, F)."""
         return PackedInput(
             latents=latents,
             t=t,
@@ -46,24 +62,62 @@ class LatentSequence:
             frame_ids=self.frame_ids,
             injections=self.injections,
             attention_mask=self.attention_mask,
-            branches=self.branches,
+            branches=branches or {},
+            branch_inputs=self.branch_inputs,
         )
 
-    @staticmethod
-    def cat(sequences: list["LatentSequence"]) -> "LatentSequence":
+    @classmethod
+    def cat(cls, sequences: Sequence[LatentSequence]) -> LatentSequence:
         """Concatenate along the batch (CFG levels in one forward)."""
-        first = sequences[0]
         if len(sequences) == 1:
-            return first
+            return sequences[0]
+        first = sequences[0]
+        return type(first)(**{f.name: _join(f.name, [getattr(s, f.name) for s in sequences]) for f in fields(first)})
 
-        def join(name: str, values: list[Any]) -> Any:
-            if name == "injections":
-                return {k: torch.cat([v[k] for v in values]) for k in values[0]}
-            if name == "branches" or values[0] is None or isinstance(values[0], slice):
-                return values[0]
-            return torch.cat(values)
 
-        return LatentSequence(**{f.name: join(f.name, [getattr(s, f.name) for s in sequences]) for f in fields(first)})
+def _join(name: str, values: list[Any]) -> Any:
+    """Batch-concatenate one field's values: tensors, dicts of tensors; anything else must agree."""
+    if isinstance(values[0], Tensor):
+        return torch.cat(values)
+    if isinstance(values[0], dict):
+        keys = set(values[0])
+        if any(set(v) != keys for v in values):
+            raise ValueError(f"LatentSequence.{name}: the sequences have different keys {[sorted(v) for v in values]}")
+        return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(f"LatentSequence.{name}: the sequences disagree ({values}); it must be batch-shaped or equal")
+    return values[0]
+
+
+@dataclass
+class FlowPair:
+    """What one training step regresses: the model input at its times, the target and the weight."""
+
+    model_input: Tensor  # (B, C, F, h, w) x_t
+    t: Tensor  # (B, F) per-frame flow time of model_input
+    target: Tensor  # (B, C, F, h, w) velocity target
+    weight: Tensor  # (B, 1, F, h, w) loss weight
+
+
+def video_pixels(batch: dict) -> Tensor:
+    """The target clip (B, 3, T, H, W)."""
+    return batch["video"]
+
+
+def pose_pixels(batch: dict) -> Tensor:
+    """The rendered driving poses (B, 3, T, H, W)."""
+    return batch["pose"]
+
+
+def reference_pixels(batch: dict) -> Tensor:
+    """The reference image as one frame (B, 3, 1, H, W)."""
+    return batch["reference"][:, :, None]
+
+
+def reference_clip_pixels(batch: dict) -> Tensor:
+    """Wan I2V's conditioning clip: the reference followed by zero frames (B, 3, T, H, W)."""
+    video = batch["video"]
+    return torch.cat([batch["reference"][:, :, None], torch.zeros_like(video[:, :, 1:])], dim=2)
 
 
 def frames_to_latent_grid(weight: Tensor, latent_hw: tuple[int, int]) -> Tensor:
@@ -72,11 +126,11 @@ def frames_to_latent_grid(weight: Tensor, latent_hw: tuple[int, int]) -> Tensor:
 
 
 class AnimationSystem(L.LightningModule):
-    """Rectified-flow training and sampling over a :class:`WanBackbone`; subclasses pack batches."""
+    """Flow-matching training and sampling over a :class:`WanBackbone`; subclasses lay out batches."""
 
     #: condition names this method can drop (training dropout and CFG levels)
     conditions: tuple[str, ...] = ()
-    #: conditions active at each CFG level (level 0 = unconditional ... level K = all)
+    #: conditions active at each CFG level (level 0 = least conditioned ... level K = all)
     guidance_levels: tuple[tuple[str, ...], ...] = ((),)
 
     def __init__(
@@ -87,7 +141,7 @@ class AnimationSystem(L.LightningModule):
         time_sampling: dict | None = None,
         sampler: dict | None = None,
         condition_dropout: dict | None = None,
-        region_weights: bool = True,
+        region_weights: bool = False,
         latent_cache: str | None = None,
         val_sample_batches: int = 1,
         metrics: Any = None,
@@ -111,44 +165,51 @@ class AnimationSystem(L.LightningModule):
         self.val_sample_batches = val_sample_batches
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
+        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None)
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         if backbone.vae is not None:
             backbone.vae.requires_grad_(False)
 
     # ----- what a method defines -------------------------------------------------------------
-    def latent_names(self, training: bool) -> tuple[str, ...]:
-        """Which latents :meth:`build_sequence` needs (``video`` only when training)."""
-        raise NotImplementedError
+    def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
+        """The VAE latents :meth:`build_sequence` needs: name -> pixel builder (the video only when training)."""
+        raise NotImplementedError(f"{type(self).__name__} must say which latents it encodes")
 
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
         """Lay out one batch along time; ``drop[name]`` (B,) bool marks dropped conditions."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must lay out its latent sequence")
+
+    def attention_branches(self) -> Mapping[int, AttentionBranch]:
+        """Block index -> this method's extra attention branch (none by default)."""
+        return {}
+
+    # ----- the flow pair: override both for another flow-matching objective --------------------
+    def flow_pair(self, seq: LatentSequence, noise: Tensor, t: Tensor) -> FlowPair:
+        """Rectified flow on the generated frames: x_t = (1 - t) x0 + t eps, target eps - x0."""
+        t_frames = seq.frame_times(t)  # (B, F), 0 on held frames
+        x_t = interpolate(seq.clean, noise, t_frames)
+        return FlowPair(x_t, t_frames, noise - seq.clean, seq.loss_weight)
+
+    def hold(self, x: Tensor, seq: LatentSequence) -> Tensor:
+        """Sampling's counterpart: frames that are not generated carry their clean values at t = 0."""
+        return torch.where(seq.generate[:, None, :, None, None], x, seq.clean.to(x.dtype))
+
+    # ----- the forward ---------------------------------------------------------------------------
+    def forward(self, seq: LatentSequence, latents: Tensor, t: Tensor) -> Tensor:
+        """Velocity (B, C, F, h, w) of ``latents`` laid out as ``seq`` at per-frame times ``t`` (B, F)."""
+        return self.backbone(seq.packed(latents, t, self.attention_branches()))
 
     # ----- encoding ------------------------------------------------------------------------------
-    def pixels(self, batch: dict, name: str) -> Tensor:
-        """Pixel input (B, 3, T, H, W) in [-1, 1] of one latent name."""
-        if name == "video":
-            return batch["video"]
-        if name == "pose":
-            return batch["pose"]
-        if name == "reference":  # one frame: (B, 3, 1, H, W)
-            return batch["reference"][:, :, None]
-        if name == "reference_clip":  # Wan I2V: the reference followed by zero frames
-            video = batch["video"]
-            ref = batch["reference"][:, :, None]
-            return torch.cat([ref, torch.zeros_like(video[:, :, 1:])], dim=2)
-        raise KeyError(f"unknown latent name {name!r}")
-
-    def encode(self, batch: dict, names: tuple[str, ...]) -> dict[str, Tensor]:
-        """VAE latents for ``names``, through the latent cache when configured."""
+    def encode(self, batch: dict, inputs: Mapping[str, PixelFn]) -> dict[str, Tensor]:
+        """VAE latents of ``inputs`` (name -> pixel builder), through the latent cache when configured."""
         vae = self.backbone.vae
-        keys = batch.get("cache_key") or [None] * batch["video"].shape[0]
+        keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
         out = {}
-        for name in names:
+        for name, pixels in inputs.items():
             if self.latent_cache.enabled and keys[0] is not None:
-                out[name] = self.latent_cache.get_or_encode(keys, name, lambda idx, n=name: self.pixels(batch, n)[idx], vae.encode)
+                out[name] = self.latent_cache.get_or_encode(keys, name, lambda idx, fn=pixels: fn(batch)[idx], vae.encode)
             else:
-                out[name] = vae.encode(self.pixels(batch, name))
+                out[name] = vae.encode(pixels(batch))
         return out
 
     def target_latent_shape(self, batch: dict) -> tuple[int, int, int, int]:
@@ -166,7 +227,7 @@ class AnimationSystem(L.LightningModule):
 
     # ----- training ------------------------------------------------------------------------------
     def sample_drops(self, batch_size: int) -> dict[str, Tensor]:
-        """Training-time condition dropout: name -> (B,) bool."""
+        """Training-time condition dropout: name -> (B,) bool, one independent draw per condition."""
         return {name: torch.rand(batch_size, device=self.device) < p for name, p in self.condition_dropout.items()}
 
     def level_drops(self, level: int, batch_size: int) -> dict[str, Tensor]:
@@ -174,18 +235,24 @@ class AnimationSystem(L.LightningModule):
         active = self.guidance_levels[level]
         return {name: torch.full((batch_size,), name not in active, device=self.device) for name in self.conditions}
 
+    def level_of(self, drops: dict[str, Tensor]) -> Tensor:
+        """(B,) the CFG level each sample's drops realise, -1 where they realise none."""
+        levels = torch.full_like(next(iter(drops.values()), torch.zeros(0)), -1, dtype=torch.long)
+        for level in range(len(self.guidance_levels)):
+            match = torch.stack([drops[n] == want for n, want in self.level_drops(level, len(levels)).items()]).all(0)
+            levels = torch.where(match & (levels < 0), level, levels)
+        return levels
+
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
-        """Rectified-flow loss on the generated frames of one batch."""
-        latents = self.encode(batch, self.latent_names(training=True))
+        """The flow-matching loss of one batch (fixed t, noise and full conditions with ``generator``)."""
+        latents = self.encode(batch, self.latent_inputs(training=True))
         b = batch["video"].shape[0]
         drops = self.sample_drops(b) if generator is None else self.level_drops(len(self.guidance_levels) - 1, b)
         seq = self.build_sequence(batch, latents, drops, training=True)
         t = sample_time(b, **self.time_sampling, generator=generator, device="cpu").to(self.device)
         noise = torch.randn(seq.clean.shape, generator=generator, device="cpu").to(seq.clean)
-        t_frames = torch.where(seq.generate, t[:, None], torch.zeros_like(t[:, None]))  # (B, F)
-        x_t = interpolate(seq.clean, noise, t_frames)
-        velocity = self.backbone(seq.packed(x_t, t_frames))
-        return flow_loss(velocity, noise - seq.clean, seq.loss_weight)
+        pair = self.flow_pair(seq, noise, t)
+        return flow_loss(self(seq, pair.model_input, pair.t), pair.target, pair.weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.loss(batch)
@@ -210,13 +277,29 @@ class AnimationSystem(L.LightningModule):
             self.metrics.reset()
 
     # ----- sampling ------------------------------------------------------------------------------
+    def sampling_sequences(self, batch: dict, levels: Sequence[int]) -> dict[int, LatentSequence]:
+        """One sequence per CFG level, each built with that level's conditions only (held frames included)."""
+        latents = self.encode(batch, self.latent_inputs(training=False))
+        b = batch["reference"].shape[0]
+        return {level: self.build_sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
+
+    def level_velocity(self, sequences: Mapping[int, LatentSequence]) -> Callable[[Tensor, Tensor, Sequence[int]], Tensor]:
+        """(x, t, levels) -> velocities of ``levels`` batched in one forward, each level holding its own frames."""
+
+        def velocity(x: Tensor, t: Tensor, levels: Sequence[int]) -> Tensor:
+            seq = LatentSequence.cat([sequences[level] for level in levels])
+            x_levels = torch.cat([self.hold(x, sequences[level]) for level in levels])
+            return self(seq, x_levels, t.repeat(len(levels), 1))
+
+        return velocity
+
     @torch.no_grad()
     def generate(
         self,
         batch: dict,
         steps: int | None = None,
         shift: float | None = None,
-        guidance: list[float] | None = None,
+        guidance: Sequence[float] | None = None,
         seed: int = 0,
     ) -> Tensor:
         """Animate a batch: video (B, 3, T, H, W) in [-1, 1]; uses no ground-truth frames."""
@@ -225,21 +308,25 @@ class AnimationSystem(L.LightningModule):
         guidance = list(guidance if guidance is not None else self.sampler["guidance"])
         if len(guidance) != len(self.guidance_levels) - 1:
             raise ValueError(f"{type(self).__name__} takes {len(self.guidance_levels) - 1} guidance scale(s), got {guidance}")
-        b = batch["video"].shape[0]
-        latents = self.encode(batch, self.latent_names(training=False))
         levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
-        sequences = {level: self.build_sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
+        sequences = self.sampling_sequences(batch, levels)
         top = sequences[levels[-1]]
+        noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
+        velocity = self.level_velocity(sequences)
+        x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift)
+        return self.backbone.vae.decode(self.hold(x, top)[:, :, top.target])
 
-        def velocity(x: Tensor, t: Tensor, levels: list[int]) -> Tensor:
-            seq = LatentSequence.cat([sequences[level] for level in levels])
-            n = len(levels)
-            return self.backbone(seq.packed(x.repeat(n, 1, 1, 1, 1), t.repeat(n, 1)))
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """Generated clips (B, 3, T, H, W) in [-1, 1] of one batch, by :attr:`prediction`'s settings.
 
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(top.clean.shape, generator=generator).to(top.clean)
-        x = euler_sample(velocity, noise, top.clean, top.generate, steps, shift, guidance)
-        return self.backbone.vae.decode(x[:, :, top.target])
+        ``prediction["baseline"] = "repeat_reference"`` returns the reference frame repeated instead.
+        """
+        options = dict(self.prediction)
+        if options.pop("baseline") == "repeat_reference":
+            video = batch["reference"][:, :, None].expand_as(batch["video"])
+        else:
+            video = self.generate(batch, **options)
+        return {"key": list(batch["key"]), "generated": video}
 
     # ----- optimisation and checkpoints ---------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -265,6 +352,12 @@ class AnimationSystem(L.LightningModule):
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}): was it written by another method or config?")
 
 
+def clip_noise(shape: Sequence[int], keys: Sequence[str] | None, seed: int) -> Tensor:
+    """Starting noise (B, ...) drawn per clip from ``seed`` and the clip's key: the same however clips are batched or split over devices."""
+    names = list(keys) if keys is not None else [str(i) for i in range(shape[0])]
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))) for n in names])
+
+
 def keep_samples(x: Tensor, dropped: Tensor) -> Tensor:
     """Zero the samples whose condition is dropped; x is (B, ...), dropped (B,) bool."""
     return x * (~dropped).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
@@ -273,4 +366,3 @@ def keep_samples(x: Tensor, dropped: Tensor) -> Tensor:
 def to_unit(video: Tensor) -> Tensor:
     """[-1, 1] -> [0, 1]."""
     return (video.float().clamp(-1, 1) + 1) / 2
-

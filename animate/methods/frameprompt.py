@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from animate.backbone import WanBackbone
-from animate.methods.base import AnimationSystem, LatentSequence, keep_samples
+from animate.methods.base import AnimationSystem, LatentSequence, PixelFn, keep_samples, pose_pixels, reference_pixels, video_pixels
 
 
 def context_causal_mask(is_target: Tensor, tokens_per_frame: int) -> Tensor:
@@ -54,8 +54,9 @@ class FramePrompt(AnimationSystem):
         self.selective_noise = selective_noise
         self.causal_mask = causal_mask
 
-    def latent_names(self, training: bool) -> tuple[str, ...]:
-        return ("reference", "pose", "video") if training else ("reference", "pose")
+    def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
+        inputs = {"reference": reference_pixels, "pose": pose_pixels}
+        return inputs | {"video": video_pixels} if training else inputs
 
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
         reference = keep_samples(latents["reference"], drop["reference"])  # (B, C, 1, h, w)

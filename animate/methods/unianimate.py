@@ -10,8 +10,14 @@
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
   conditioning of every frame (official code: ``y + randomref_embedding_pose(ref_pose)``).
-- Condition dropout (official: pose and reference pose 5%, reference 10%) and CFG 1.5 with one
-  unconditional level (every condition dropped) at inference.
+- Pose maps enter both encoders in [0, 1] (the official code's ``/255``), so official encoder
+  weights see what they were trained on.
+- Condition dropout as the official code draws it: condition ``pose`` drops the driving pose and
+  the reference pose together (one joint draw, 5%); condition ``reference`` zeroes the whole I2V
+  conditioning, first-frame mask included (10%). CFG (1.5) has two levels: the negative pass
+  removes the pose (driving and reference pose) and keeps the reference, which is the state the
+  joint pose draw trains (5% x 90% of samples). The official negative pass keeps the reference
+  pose, a state its training never realises; here it goes with the pose.
 - LoRA through peft (``lora`` config) or full fine-tuning.
 """
 
@@ -21,7 +27,15 @@ import torch
 from torch import Tensor
 
 from animate.backbone import WanBackbone
-from animate.methods.base import AnimationSystem, LatentSequence, keep_samples
+from animate.methods.base import (
+    AnimationSystem,
+    LatentSequence,
+    PixelFn,
+    keep_samples,
+    reference_clip_pixels,
+    reference_pixels,
+    video_pixels,
+)
 from animate.modules.pose_encoders import PoseVideoEncoder, ReferencePoseEncoder
 
 I2V_MASK_CHANNELS = 4  # Wan I2V: the first-frame mask folded 4x in time onto channels
@@ -37,11 +51,16 @@ def first_frame_mask(batch: int, frames: int, height: int, width: int, channels:
 REFERENCE_LATENTS = ("i2v", "frame0", "repeat")
 
 
+def unit_range(pose: Tensor) -> Tensor:
+    """Pose maps in [-1, 1] -> [0, 1], the range the official encoders take (``/255``)."""
+    return (pose + 1) / 2
+
+
 class UniAnimate(AnimationSystem):
     """UniAnimate-DiT as a LightningModule."""
 
-    conditions = ("pose", "reference_pose", "reference")
-    guidance_levels = ((), ("pose", "reference_pose", "reference"))
+    conditions = ("pose", "reference")
+    guidance_levels = (("reference",), ("pose", "reference"))
 
     def __init__(
         self,
@@ -72,9 +91,9 @@ class UniAnimate(AnimationSystem):
             else None
         )
 
-    def latent_names(self, training: bool) -> tuple[str, ...]:
-        reference = "reference_clip" if self.reference_latent == "i2v" else "reference"
-        return ("video", reference) if training else (reference,)
+    def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
+        reference = {"reference_clip": reference_clip_pixels} if self.reference_latent == "i2v" else {"reference": reference_pixels}
+        return {"video": video_pixels, **reference} if training else reference
 
     def reference_latents(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
         """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V), VAE(reference) then zeros, or repeated."""
@@ -90,10 +109,10 @@ class UniAnimate(AnimationSystem):
         reference = self.reference_latents(batch, latents)  # (B, C, F, h, w)
         b, _, f, h, w = reference.shape
         clean = latents["video"] if training else torch.zeros_like(reference)
-        y = torch.cat([first_frame_mask(b, f, h, w).to(reference), keep_samples(reference, drop["reference"])], dim=1)
+        y = keep_samples(torch.cat([first_frame_mask(b, f, h, w).to(reference), reference], dim=1), drop["reference"])
         if self.reference_pose_encoder is not None:
-            y = y + keep_samples(self.reference_pose_encoder(batch["reference_pose"]), drop["reference_pose"])
-        pose_tokens = keep_samples(self.pose_encoder(batch["pose"]), drop["pose"])  # (B, L, D)
+            y = y + keep_samples(self.reference_pose_encoder(unit_range(batch["reference_pose"])), drop["pose"])
+        pose_tokens = keep_samples(self.pose_encoder(unit_range(batch["pose"])), drop["pose"])  # (B, L, D)
         frames = torch.ones(b, f, dtype=torch.bool, device=clean.device)
         return LatentSequence(
             clean=clean,

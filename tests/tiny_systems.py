@@ -1,0 +1,57 @@
+"""Tiny random systems and fabricated batches shared by the method tests (imported as ``tiny_systems``)."""
+
+from functools import partial
+
+import torch
+from diffusers import AutoencoderKLWan
+
+from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
+from animate.methods.frameprompt import FramePrompt
+from animate.methods.unianimate import UniAnimate
+
+ARCH = dict(
+    patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+    text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64,
+)
+
+
+def tiny_vae():
+    """A random tiny Wan VAE."""
+    torch.manual_seed(0)
+    return VideoAutoencoder(AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])).eval()
+
+
+def tiny_backbone(in_channels=16):
+    """A random tiny Wan DiT (2 blocks) with the tiny VAE."""
+    torch.manual_seed(0)
+    model = build_transformer(**ARCH)
+    expand_patch_embedding(model, in_channels)
+    return WanBackbone(model, tiny_vae(), torch.randn(1, 4, 16))
+
+
+def fake_batch(b=2, t=5, h=32, w=32):
+    """A random training-format batch."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *s: torch.rand(*s, generator=g) * 2 - 1
+    return {
+        "video": rand(b, 3, t, h, w),
+        "pose": rand(b, 3, t, h, w),
+        "reference": rand(b, 3, h, w),
+        "reference_pose": rand(b, 3, h, w),
+        "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16),
+        "person_mask": torch.ones(b, t, h, w, dtype=torch.bool),
+        "cache_key": [f"clip{i}" for i in range(b)],
+    }
+
+
+ADAMW = partial(torch.optim.AdamW, lr=1e-3)
+
+
+def unianimate(**kw):
+    """A tiny UniAnimate-DiT with CFG 1.5."""
+    return UniAnimate(tiny_backbone(36), ADAMW, sampler=dict(steps=2, guidance=[1.5]), **kw)
+
+
+def frameprompt(**kw):
+    """A tiny FramePrompt without CFG."""
+    return FramePrompt(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[1.0]), **kw)
