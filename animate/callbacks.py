@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from common.files import atomic_write_text
-from common.video import comparison_grid, write_gif, write_mp4
+from common.files import atomic_path, atomic_write_text
+from common.video import comparison_grid, frames_uint8, write_frames, write_gif, write_mp4
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -183,3 +185,44 @@ class RunSummary(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._write(trainer, f"interrupted: {type(exception).__name__}")
 
+
+
+class ClipWriter(BasePredictionWriter):
+    """Writes what ``trainer.predict`` generates, clip by clip, on every rank (each writes its share).
+
+    ``DIR/<name>/KEY/frame_NNNN.png``: the generated clip, lossless, scored by
+    ``experiments.evaluate generated=DIR/<name> target=DIR/target``; with ``targets``, the ground
+    truth in ``DIR/target/KEY/`` with its sidecars (``KEY.pose.npy``, and ``KEY.mask.npy`` where
+    the batch has a real person mask); with ``grids``, ``DIR/grids/<name>/KEY.mp4``: reference |
+    driving pose | generated | ground truth.
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12):
+        super().__init__(write_interval="batch")
+        self.directory = Path(directory)
+        self.name = name
+        self.targets = targets
+        self.grids = grids
+        self.fps = fps
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: dict, batch_idx: int, dataloader_idx: int) -> None:
+        generated = prediction["generated"].float().cpu()
+        for index, key in enumerate(prediction["key"]):
+            write_frames(self.directory / self.name / key, frames_uint8(generated[index]))
+            if self.targets:
+                self.write_target(batch, index, key)
+            if self.grids:
+                grid = comparison_grid(*(batch[k][index : index + 1] for k in ("reference", "pose")), generated[index : index + 1], batch["video"][index : index + 1])
+                write_mp4(self.directory / "grids" / self.name / f"{key}.mp4", grid, self.fps)
+
+    def write_target(self, batch: dict, index: int, key: str) -> None:
+        """The ground-truth clip and its sidecars in the shard format (docs/ARCHITECTURE.md)."""
+        target = self.directory / "target"
+        write_frames(target / key, frames_uint8(batch["video"][index]))
+        if batch.get("keypoints") is not None:
+            with atomic_path(target / f"{key}.pose.npy") as tmp, open(tmp, "wb") as file:
+                np.save(file, batch["keypoints"][index].float().cpu().numpy())
+        real_mask = batch.get("has_person_mask")
+        if batch.get("person_mask") is not None and (real_mask is None or bool(real_mask[index])):
+            with atomic_path(target / f"{key}.mask.npy") as tmp, open(tmp, "wb") as file:
+                np.save(file, np.packbits(batch["person_mask"][index].bool().cpu().numpy(), axis=-1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -113,3 +114,21 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def write_frames(directory: str | os.PathLike, frames: np.ndarray) -> Path:
+    """Write uint8 (T, H, W, 3) frames losslessly as ``frame_NNNN.png`` into ``directory``, atomically.
+
+    The frames go into a hidden sibling folder that is renamed into place, so a reader sees the
+    whole clip or none of it; an existing clip of the same name is replaced.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp / f"frame_{index:04d}.png")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return directory

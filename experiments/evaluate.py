@@ -1,36 +1,31 @@
 """Evaluate generated clips against ground truth, from folders or from a trained run.
 
     python -m experiments.evaluate generated=DIR target=DIR [metrics=everanimate] [out=DIR] [logger=none]
-    python -m experiments.evaluate ckpt=RUN/last.ckpt [split=test] [num_clips=8] [steps=...] [save_videos=true]
+    python -m experiments.evaluate ckpt=RUN/last.ckpt [split=test] [num_clips=8] [model=trained] [sampler.steps=...] [trainer=gpu]
 
 Composes conf/evaluate.yaml (metrics from the conf/metrics group, logger from conf/logger). The
 folder mode reads clip pairs from disk (:func:`metrics.evaluation.run_evaluation`); the checkpoint
-mode rebuilds the run's system and datamodule from the run config inside the checkpoint (as
-``experiments.generate`` does), animates the first ``num_clips`` clips of ``split`` and scores them
-against their ground truth. Both feed the same scoring path (:func:`metrics.evaluation.evaluate_clips`),
-which leaves per_clip.csv, summary.csv and summary.json in ``out``; the results are then logged.
+mode rebuilds the run's system and data from the run config inside the checkpoint, generates the
+first ``num_clips`` clips of ``split`` through ``trainer.predict`` (:mod:`experiments.prediction`,
+the path ``experiments.generate`` takes) into ``out/clips/`` as lossless frames with the ground
+truth and its sidecars, and scores those folders. Either way the reports are per_clip.csv,
+summary.csv and summary.json in ``out``; the results are then logged.
 docs/METRICS.md lists the metrics, presets and weight files.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from animate.callbacks import move_batch
-from common.video import write_mp4
 from experiments.cli import CONF_DIR, UsageError, reported
-from experiments.generate import load_run
+from experiments.prediction import heldout_loader, load_run, predict_clips
 from experiments.training import build_logger
-from metrics.evaluation import Clip, clips_from_batch, evaluate_clips, log_report, resolve_device, run_evaluation
-from metrics.suite import MetricSuite
+from metrics.evaluation import log_report, run_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -47,48 +42,27 @@ def mode(cfg: DictConfig) -> str:
     raise UsageError(f"evaluate takes either {MODES}; given: {', '.join(given) or 'neither'}")
 
 
-def save_clip(clip: Clip, directory: Path, fps: float) -> None:
-    """``generated/NAME.mp4`` and ``target/NAME.mp4`` with the target's sidecars, re-scorable by the folder mode."""
-    for side, video in (("generated", clip.generated), ("target", clip.target)):
-        write_mp4(directory / side / f"{clip.name}.mp4", video.permute(1, 2, 3, 0).numpy(), fps)
-    if clip.keypoints is not None:
-        np.save(directory / "target" / f"{clip.name}.pose.npy", clip.keypoints.numpy().astype(np.float32))
-    if clip.person_mask is not None:
-        np.save(directory / "target" / f"{clip.name}.mask.npy", np.packbits(clip.person_mask.numpy(), axis=-1))
-
-
-def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]]:
-    """Generate the first ``num_clips`` clips of ``split`` with the checkpoint's system and score them."""
-    device = resolve_device(cfg.device)
-    system, run_cfg, checkpoint = load_run(cfg.ckpt, device)
-    datamodule = instantiate(run_cfg.data)
-    datamodule.prepare_data()
-    batches = datamodule.heldout_samples(cfg.split, cfg.num_clips)
-    total = sum(len(batch["key"]) for batch in batches)
-    if total < cfg.num_clips:
-        log.warning("split %s has only %d clip(s); evaluating those (num_clips=%d)", cfg.split, total, cfg.num_clips)
-    sampler = dict(steps=cfg.steps, shift=cfg.shift, guidance=list(cfg.guidance) if cfg.guidance else None, seed=cfg.seed)
-    log.info("generating and evaluating %d clip(s) of %s with %s", total, cfg.split, ", ".join(cfg.metrics.names))
-
-    def clips(suite: MetricSuite) -> Iterator[Clip]:
-        for batch in batches:
-            batch = move_batch(batch, device)
-            for clip in clips_from_batch(system.generate(batch, **sampler), batch):
-                if cfg.save_videos:
-                    save_clip(clip, out_dir / "videos", cfg.fps)
-                yield clip
-
-    inputs = {
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]] | None:
+    """Generate the first ``num_clips`` clips of ``split`` with ``trainer.predict`` into ``out/clips/`` and score them there."""
+    trained, run_cfg, checkpoint = load_run(cfg.ckpt)
+    clips = out_dir / "clips"
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips)
+    trainer = predict_clips(cfg, trained, run_cfg, loader, clips, model=cfg.model)
+    if not trainer.is_global_zero:
+        return None
+    folder_cfg = OmegaConf.merge(cfg, {"generated": str(clips / cfg.model), "target": str(clips / "target")})
+    provenance = {
         "ckpt": str(cfg.ckpt),
+        "model": cfg.model,
         "global_step": checkpoint.get("global_step"),
         "split": cfg.split,
         "num_clips": cfg.num_clips,
-        "sampler": sampler,
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
     }
-    return evaluate_clips(cfg, out_dir, clips, inputs, total=total)
+    return run_evaluation(folder_cfg, out_dir, provenance)
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]]:
+def evaluate(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]] | None:
     """Run the mode the config asks for into ``out_dir``; returns the per-clip rows and the summary."""
     if mode(cfg) == "ckpt":
         return evaluate_checkpoint(cfg, out_dir)
@@ -98,7 +72,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict
 def evaluate_and_log(cfg: DictConfig) -> None:
     """Run the evaluation into Hydra's run directory (``out``) and log it."""
     mode(cfg)  # a usage error before anything is loaded
-    rows, summary = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    result = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if result is None:  # a non-zero rank of a distributed generation: rank zero scores
+        return
+    rows, summary = result
     logger = build_logger(cfg)
     if logger:
         log_report(logger, rows, summary)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,8 +39,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.method)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
+    logger = build_logger(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_logger(cfg))
+    if not logger:  # nothing to log learning rates to (Lightning refuses the monitor without a logger)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     return system, datamodule, trainer
 
 

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from common.files import atomic_write_text
 from metrics.media import ClipPair, pair_clips, read_clip, read_keypoints, read_person_mask, sidecar
 from metrics.suite import MetricSuite
 from metrics.video import frame_ranges, resize_frames, to_uint8
@@ -238,9 +239,10 @@ def evaluate_clips(
     return evaluation.rows, summary
 
 
-def run_evaluation(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str, dict[str, float]]]:
+def run_evaluation(cfg: DictConfig, out_dir: Path, provenance: Mapping[str, Any] | None = None) -> tuple[list[dict], dict[str, dict[str, float]]]:
     """Evaluate ``cfg.generated`` against ``cfg.target`` (folders or single clips); write and return the reports.
 
+    ``provenance`` (where the clips came from: a checkpoint, its sampler) goes into summary.json.
     Returns the per-clip rows and the summary ``{horizon: {clips, clips_too_short, <metrics>}}``.
     """
     check_choice("on_size_mismatch", cfg.on_size_mismatch, SIZE_POLICIES)
@@ -253,7 +255,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dict[str
             yield load_clip(pair, suite.needs_keypoints, suite.needs_person_mask, cfg.on_size_mismatch, cfg.on_length_mismatch)
 
     log.info("evaluating %d clip(s) with %s", len(pairs), ", ".join(cfg.metrics.names))
-    inputs = {"generated": str(cfg.generated), "target": str(cfg.target)}
+    inputs = {"generated": str(cfg.generated), "target": str(cfg.target), **(provenance or {})}
     return evaluate_clips(cfg, out_dir, clips, inputs, total=len(pairs))
 
 
@@ -289,7 +291,7 @@ def write_reports(
         "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
         "summary": {h: {k: json_safe(v) for k, v in values.items()} for h, values in summary.items()},
     }
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(report, indent=2))
 
 
 def log_report(logger, rows: list[dict], summary: dict[str, dict[str, float]]) -> None:

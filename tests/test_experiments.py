@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from experiments.cli import experiment_names
@@ -45,13 +47,28 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
         pytest.skip("needs the frameprompt smoke run")
     out = workdir / "generated"
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "steps=2", f"out={out}"],
+        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "sampler.steps=2", f"out={out}"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "heldout.json").read_text())
     assert set(report["overall"]) == {"trained", "untrained", "repeat_reference"} and report["clips"] == 1
-    assert len(list(out.glob("*.mp4"))) == 1
+    assert all(set(values) == {"psnr", "psnr_mask"} for values in report["overall"].values())
+    for model in report["overall"]:  # every model went through trainer.predict and the clip writer
+        assert len(list((out / model).glob("*/frame_*.png"))) == 5
+        assert len(list((out / "grids" / model).glob("*.mp4"))) == 1
+    assert len(list((out / "target").glob("*.pose.npy"))) == 1 and len(list((out / "target").glob("*.mask.npy"))) == 1
+    # repeating the reference is the reference frame, exactly
+    clip = next((out / "repeat_reference").iterdir())
+    frames = [np.asarray(Image.open(f)) for f in sorted(clip.glob("*.png"))]
+    assert all((frame == frames[0]).all() for frame in frames)
+
+
+def test_no_logger_trains(workdir, smoke_overrides):
+    run = workdir / "run_no_logger"
+    result = fit(["conf=frameprompt", *smoke_overrides(workdir), "logger=none", "callbacks.sample_videos.every_n_steps=0", f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
 def test_two_process_cpu_ddp(workdir, smoke_overrides):

@@ -1,0 +1,90 @@
+"""The one way to generate held-out clips: a run's system under ``trainer.predict``.
+
+``experiments.generate`` and ``experiments.evaluate ckpt=`` both call :func:`predict_clips`, so
+the trainer config (precision such as bf16-mixed, accelerator, devices, strategy) applies to
+generation as it does to training, and several devices split the clips. A model is the trained
+checkpoint, the same system untrained (its initial weights), or the ``repeat_reference`` baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from animate.callbacks import ClipWriter
+from animate.methods.base import AnimationSystem
+from experiments.cli import UsageError
+
+log = logging.getLogger(__name__)
+
+MODELS = ("trained", "untrained", "repeat_reference")
+
+
+def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
+    """The trained system of a checkpoint, its run config, and the raw checkpoint."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UsageError(f"ckpt={ckpt_path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds the run config
+    if not checkpoint.get("run_config"):
+        raise UsageError(f"ckpt={ckpt_path}: no run_config inside (not written by experiments.fit)")
+    cfg = OmegaConf.create(checkpoint["run_config"])
+    system = build_system(cfg)
+    system.on_load_checkpoint(checkpoint)
+    system.load_state_dict(checkpoint["state_dict"], strict=False)
+    return system.eval(), cfg, checkpoint
+
+
+def build_system(run_cfg: DictConfig) -> AnimationSystem:
+    """A freshly initialised system from a run config, seeded as the run was (the untrained baseline)."""
+    torch.manual_seed(run_cfg.seed)
+    return instantiate(run_cfg.method).eval()
+
+
+def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int) -> DataLoader:
+    """The first ``num_clips`` clips of ``split`` as bucketed batches; a distributed trainer shares them out."""
+    datamodule = instantiate(run_cfg.data)
+    datamodule.prepare_data()
+    batches = datamodule.heldout_samples(split, num_clips)
+    total = sum(len(batch["key"]) for batch in batches)
+    if total < num_clips:
+        log.warning("split %s has only %d clip(s); using those (num_clips=%d)", split, total, num_clips)
+    return DataLoader(batches, batch_size=None, shuffle=False)
+
+
+def check_model(model: str) -> None:
+    """A one-line error for an unknown model name."""
+    if model not in MODELS:
+        raise UsageError(f"model {model!r}: valid {', '.join(MODELS)}")
+
+
+def predict_clips(
+    cfg: DictConfig,
+    trained: AnimationSystem,
+    run_cfg: DictConfig,
+    loader: DataLoader,
+    out: Path,
+    model: str = "trained",
+    write_targets: bool = True,
+) -> L.Trainer:
+    """Generate ``loader``'s clips with ``model`` into ``out/<model>/`` (see :class:`ClipWriter`); returns the trainer."""
+    check_model(model)
+    system = build_system(run_cfg) if model == "untrained" else trained
+    system.prediction = dict(
+        steps=cfg.sampler.steps,
+        shift=cfg.sampler.shift,
+        guidance=list(cfg.sampler.guidance) if cfg.sampler.guidance else None,
+        seed=cfg.sampler.seed,
+        baseline="repeat_reference" if model == "repeat_reference" else None,
+    )
+    writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps)
+    trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False)
+    log.info("generating with the %s model into %s", model, out / model)
+    trainer.predict(system, dataloaders=loader, return_predictions=False)
+    return trainer
