@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.cli import CONF_DIR, UsageError, reported
-from experiments.prediction import heldout_loader, load_run, predict_clips
+from experiments.prediction import end_distributed, heldout_loader, load_run, predict_clips
 from experiments.training import build_logger
 from metrics.evaluation import log_report, run_evaluation
 
@@ -46,9 +46,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dic
     """Generate the first ``num_clips`` clips of ``split`` with ``trainer.predict`` into ``out/clips/`` and score them there."""
     trained, run_cfg, checkpoint = load_run(cfg.ckpt)
     clips = out_dir / "clips"
-    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips)
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size)
     trainer = predict_clips(cfg, trained, run_cfg, loader, clips, model=cfg.model)
-    if not trainer.is_global_zero:
+    if not end_distributed(trainer):
         return None
     folder_cfg = OmegaConf.merge(cfg, {"generated": str(clips / cfg.model), "target": str(clips / "target")})
     provenance = {

@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common.files import atomic_write_json
-from experiments.cli import run
-from experiments.prediction import check_model, heldout_loader, load_run, predict_clips
+from experiments.cli import UsageError, run
+from experiments.prediction import MODELS, check_model, end_distributed, heldout_loader, load_run, predict_clips
 from metrics.evaluation import run_evaluation
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,16 @@ def score(cfg: DictConfig, out: Path, model: str) -> dict[str, float]:
 
 def generate(cfg: DictConfig) -> dict | None:
     """Render and score held-out clips of a checkpoint with each model of ``cfg.models``."""
+    if not cfg.models:
+        raise UsageError(f"models=[]: name at least one of {', '.join(MODELS)}")
     for model in cfg.models:
         check_model(model)
     trained, run_cfg, checkpoint = load_run(cfg.ckpt)
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / f"generate_{cfg.split}"
-    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips)
-    trainer = None
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size)
     for index, model in enumerate(cfg.models):
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)
-    if trainer is not None and not trainer.is_global_zero:
+    if not end_distributed(trainer):
         return None
     overall = {model: score(cfg, out, model) for model in cfg.models}
     report = {

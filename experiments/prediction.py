@@ -9,13 +9,14 @@ checkpoint, the same system untrained (its initial weights), or the ``repeat_ref
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from animate.callbacks import ClipWriter
 from animate.methods.base import AnimationSystem
@@ -47,15 +48,28 @@ def build_system(run_cfg: DictConfig) -> AnimationSystem:
     return instantiate(run_cfg.method).eval()
 
 
-def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int) -> DataLoader:
-    """The first ``num_clips`` clips of ``split`` as bucketed batches; a distributed trainer shares them out."""
-    datamodule = instantiate(run_cfg.data)
+class HeldoutClips(IterableDataset):
+    """The first ``num_clips`` clips of a split in bucketed batches, this rank's share.
+
+    The pipeline is built when iterated, inside ``trainer.predict``, so that under a distributed
+    strategy each rank takes its own disjoint share (:meth:`AnimationDataModule.eval_dataset`).
+    """
+
+    def __init__(self, datamodule, split: str, num_clips: int):
+        self.datamodule = datamodule
+        self.split = split
+        self.num_clips = num_clips
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.datamodule.eval_dataset(self.split, self.num_clips, by_rank=True))
+
+
+def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None) -> DataLoader:
+    """A loader of the held-out clips of a run's dataset (``batch_size``: null = the run's)."""
+    overrides = {"batch_size": batch_size} if batch_size else {}
+    datamodule = instantiate(run_cfg.data, **overrides)
     datamodule.prepare_data()
-    batches = datamodule.heldout_samples(split, num_clips)
-    total = sum(len(batch["key"]) for batch in batches)
-    if total < num_clips:
-        log.warning("split %s has only %d clip(s); using those (num_clips=%d)", split, total, num_clips)
-    return DataLoader(batches, batch_size=None, shuffle=False)
+    return DataLoader(HeldoutClips(datamodule, split, num_clips), batch_size=None)
 
 
 def check_model(model: str) -> None:
@@ -88,3 +102,14 @@ def predict_clips(
     log.info("generating with the %s model into %s", model, out / model)
     trainer.predict(system, dataloaders=loader, return_predictions=False)
     return trainer
+
+
+def end_distributed(trainer: L.Trainer) -> bool:
+    """Wait until every rank has written its clips, leave the process group; True on rank zero.
+
+    Scoring then runs on rank zero alone over the written folders, without collective syncs.
+    """
+    trainer.strategy.barrier()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return trainer.is_global_zero

@@ -64,6 +64,24 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     assert all((frame == frames[0]).all() for frame in frames)
 
 
+def test_generation_splits_clips_over_two_processes_with_the_same_result(workdir):
+    run = workdir / "run_frameprompt"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the frameprompt smoke run")
+    outs = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        outs[trainer] = workdir / f"generated_{trainer}"
+        command = [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=2", "batch_size=1",
+                   "sampler.steps=2", "models=[trained]", "grids=false", f"trainer={trainer}", f"out={outs[trainer]}"]
+        result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    single, split = (sorted((outs[t] / "trained").rglob("*.png")) for t in ("cpu", "ddp_cpu"))
+    assert len(single) == 10 and [p.relative_to(outs["cpu"]) for p in single] == [p.relative_to(outs["ddp_cpu"]) for p in split]
+    for a, b in zip(single, split):
+        assert np.abs(np.asarray(Image.open(a), np.int16) - np.asarray(Image.open(b), np.int16)).max() <= 1
+    assert json.loads((outs["ddp_cpu"] / "heldout.json").read_text())["clips"] == 2
+
+
 def test_no_logger_trains(workdir, smoke_overrides):
     run = workdir / "run_no_logger"
     result = fit(["conf=frameprompt", *smoke_overrides(workdir), "logger=none", "callbacks.sample_videos.every_n_steps=0", f"hydra.run.dir={run}"])
