@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from torch import Tensor, nn

@@ -1,9 +1,8 @@
 """Evaluation of generated clips against ground truth: per clip and overall, at several horizons.
 
-Clips come from folders on disk (:func:`run_evaluation`) or from any other source, such as a trained
-run generating held-out clips (``experiments.evaluate ckpt=...``, through :func:`clips_from_batch`);
-every source feeds :class:`Clip` objects into :func:`evaluate_clips`, the one scoring and reporting
-path. A horizon is the first ``seconds * fps`` frames of every clip (EverAnimate's 10/30/60/90 s at
+Clips come from folders on disk (:func:`run_evaluation`; a trained run's held-out clips are first
+written there by ``trainer.predict``, see experiments/prediction.py); every source feeds
+:class:`Clip` objects into :func:`evaluate_clips`, the one scoring and reporting path. A horizon is the first ``seconds * fps`` frames of every clip (EverAnimate's 10/30/60/90 s at
 25 fps); ``full`` is the whole clip and is always reported. Each horizon has its own
 :class:`MetricSuite` (the feature networks are loaded once and shared). Clips shorter than a
 horizon are left out of it and counted. Results go to ``per_clip.csv``, ``summary.json`` and
@@ -116,35 +115,6 @@ def load_clip(
     generated, target = align(pair.name, read_clip(pair.generated), target, on_size_mismatch, on_length_mismatch)
     clip = Clip(pair.name, generated, target, keypoints, person_mask)
     return clip.prefix(clip.frames)  # trims the sidecars to the aligned length
-
-
-def clips_from_batch(generated: torch.Tensor, batch: Mapping[str, Any]) -> list[Clip]:
-    """The clips of a training-format batch (docs/ARCHITECTURE.md) and its generated videos, as uint8 on the CPU.
-
-    ``generated`` and ``batch["video"]`` are ``(B, 3, T, H, W)`` in [-1, 1]; they are rounded to 8 bits
-    as a saved frame would be. Keypoints come from ``batch["keypoints"]`` when present; the person
-    mask only where ``batch["has_person_mask"]`` says it is real (an all-True stand-in would make
-    masked PSNR a copy of PSNR).
-    """
-
-    def uint8(video: torch.Tensor) -> torch.Tensor:
-        return to_uint8((video.detach().float().clamp(-1, 1) + 1) / 2).cpu()
-
-    keypoints, person_mask = batch.get("keypoints"), batch.get("person_mask")
-    real_mask = batch.get("has_person_mask")
-    clips = []
-    for index, key in enumerate(batch["key"]):
-        has_mask = person_mask is not None and (real_mask is None or bool(real_mask[index]))
-        clips.append(
-            Clip(
-                key,
-                uint8(generated[index]),
-                uint8(batch["video"][index]),
-                None if keypoints is None else keypoints[index].detach().float().cpu(),
-                person_mask[index].detach().bool().cpu() if has_mask else None,
-            )
-        )
-    return clips
 
 
 class Evaluation:

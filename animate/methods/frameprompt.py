@@ -1,4 +1,4 @@
-"""FramePrompt (papers/frameprompt.txt): reference, pose frames and target in one sequence.
+"""FramePrompt ("FramePrompt: In-context Controllable Animation with Zero Structural Changes"): reference, pose frames and target in one sequence.
 
 No new modules. The latent sequence along time is ``[reference | pose frames | target frames]``;
 with selective noise only the target frames are noised (condition frames stay clean at t = 0);

@@ -1,4 +1,4 @@
-"""UniAnimate-DiT (papers/unianimate-dit.txt): Wan I2V + a 3D-conv pose encoder added to the tokens.
+"""UniAnimate-DiT ("UniAnimate-DiT: Human Image Animation with Large-Scale Video Diffusion Transformer", Wang et al.): Wan I2V + a 3D-conv pose encoder added to the tokens.
 
 - The reference enters the I2V way: the VAE latent of [reference, zero frames] and a 4-channel
   first-frame mask are concatenated on channels with the noisy latent (``channel_cond``).
