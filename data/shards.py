@@ -19,11 +19,9 @@ import tarfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import av
 import numpy as np
 import webdataset as wds
 from PIL import Image

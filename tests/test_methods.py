@@ -6,7 +6,7 @@ import torch
 from animate.backbone import build_transformer, expand_patch_embedding
 from animate.lora import merged_state_dict
 from animate.methods.base import LatentSequence, video_pixels
-from animate.methods.frameprompt import FramePrompt, context_causal_mask
+from animate.methods.frameprompt import context_causal_mask
 from animate.methods.unianimate import UniAnimate
 from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, tiny_backbone, unianimate
 
