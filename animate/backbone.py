@@ -17,8 +17,8 @@ and LoRA targets stay diffusers'; every reach into diffusers' internals goes thr
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -121,7 +121,7 @@ class WanBackbone(nn.Module):
     def __init__(
         self,
         transformer: nn.Module,
-        vae: "VideoAutoencoder | None" = None,
+        vae: VideoAutoencoder | None = None,
         text_embedding: Tensor | None = None,
         gradient_checkpointing: bool = False,
         compression: Compression = WAN,

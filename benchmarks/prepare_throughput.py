@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import PrepareConfig, prepare
 from common.video import encode_video
+from data.prepare import PrepareConfig, prepare
 from data.synthetic import SyntheticConfig, make_clip
 
 

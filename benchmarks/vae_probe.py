@@ -1,12 +1,12 @@
 """Short single-frame training probes of the tiny Wan VAE: how fast does a setting learn?
 
-Trains ``experiments.train_vae``'s VAE (same architecture flags, same initialisation) on 64 x 64
+Trains ``experiments.train_vae``'s VAE (same architecture settings, same initialisation) on 64 x 64
 single-frame crops of the synthetic puppets with a plain MSE on the posterior mean, once per
 learning rate, and prints the mean training PSNR of every 50 steps. A probe of a few hundred steps
 ranks settings in about a minute each on one core; the numbers quoted in docs/TINY_VAE.md and
-in ``train_vae --help`` come from it.
+in conf/train_vae.yaml come from it. After ``--``: train_vae settings as ``key=value``.
 
-    python -m benchmarks.vae_probe --lrs 1e-3 3e-3 6e-3 -- --base-dim 32
+    python -m benchmarks.vae_probe --lrs 1e-3 3e-3 6e-3 -- base_dim=32
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from experiments import train_vae
 
 
-def probe(vae_args: argparse.Namespace, samples: list, lr: float, steps: int, batch: int, side: int) -> list[float]:
+def probe(vae_args: train_vae.TrainVAEConfig, samples: list, lr: float, steps: int, batch: int, side: int) -> list[float]:
     """Mean training PSNR (dB) over each 50-step window of one run."""
     rng = np.random.default_rng(vae_args.seed)
     vae = train_vae.build_vae(vae_args)
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("vae_flags", nargs=argparse.REMAINDER, help="after --: train_vae architecture flags")
+    parser.add_argument("vae_settings", nargs=argparse.REMAINDER, help="after --: train_vae settings, key=value (conf/train_vae.yaml)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    flags = [f for f in args.vae_flags if f != "--"]
-    vae_args = train_vae.parse_args(["--out", "unused", *flags])
-    samples = train_vae.load_split(train_vae.dataset_dir(vae_args.data), "train")
+    overrides = [item for item in args.vae_settings if item != "--"]
+    vae_args = train_vae.settings(["out=unused", *overrides])
+    samples = train_vae.load_split(train_vae.dataset_dir(vae_args), "train")
     results = {str(lr): probe(vae_args, samples, lr, args.steps, args.batch, args.side) for lr in args.lrs}
-    print(json.dumps({"flags": flags, "psnr_per_50_steps": results}, indent=2))
+    print(json.dumps({"settings": overrides, "psnr_per_50_steps": results}, indent=2))
     return results
 
 

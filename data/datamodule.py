@@ -50,6 +50,7 @@ import torch.distributed as dist
 import webdataset as wds
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from common.geometry import WAN
 from common.pose.render import render_pose
 from data.buckets import (
     BucketBatcher,
@@ -73,7 +74,7 @@ PIXEL_KEYS = ("video", "pose", "reference", "reference_pose")
 REFERENCE_POLICIES = ("random", "first")
 PAIR_KEY = "__pair__"
 IMAGE_SHARD_PREFIX = "images-"
-CREATE_HINT = "create a dataset with `python -m data.synthetic --out DIR` (or set data.synthetic so the run makes it)"
+CREATE_HINT = "create a dataset with `python -m data.synthetic out=DIR` (or set data.synthetic so the run makes it)"
 
 
 def expand_shard_paths(urls: str | Sequence[str], what: str) -> list[str]:
@@ -286,6 +287,33 @@ class SamplePreparer:
                 f"|size{plan.size[0]}x{plan.size[1]}|ref{source.key}:{reference_index}")
 
 
+COUNT_MINIMUMS = {"batch_size": 1, "num_workers": 0, "frame_stride": 1, "epoch_batches": 1, "val_samples": 1}
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_counts(**counts: Any) -> None:
+    """Raise ValueError naming a count (batch size, workers, ...) that is not an integer at or above its minimum."""
+    for key, value in counts.items():
+        if not _is_int(value) or value < COUNT_MINIMUMS[key]:
+            raise ValueError(f"{key}={value}: must be an integer >= {COUNT_MINIMUMS[key]}")
+
+
+def check_buckets(resolution: Any, resolutions: Any, frame_buckets: Any) -> None:
+    """Raise ValueError naming a resolution that is not a positive multiple of 16 or a frame count that is not 1 + 4k."""
+    key, value = ("resolution", resolution) if resolutions is None else ("resolutions", resolutions)
+    sizes = list(value) if isinstance(value, Mapping) else [value]
+    if value is not None and not (sizes and all(_is_int(size) and size > 0 and size % WAN.token_space == 0 for size in sizes)):
+        raise ValueError(f"{key}={value}: resolutions must be positive multiples of {WAN.token_space} (e.g. 128, 256, 512)")
+    counts = frame_buckets if isinstance(frame_buckets, Sequence) and not isinstance(frame_buckets, str) else []
+    if not (counts and all(_is_int(count) and count >= 1 and (count - 1) % WAN.vae_time == 0 for count in counts)):
+        valid = ", ".join(str(1 + WAN.vae_time * k) for k in range(5))
+        raise ValueError(f"frame_buckets={frame_buckets}: must be a list of frame counts 1 + {WAN.vae_time}k ({valid}, ...)")
+
+
 class AnimationDataModule(L.LightningDataModule):
     """Bucketed pose-animation batches from WebDataset shards (see the module docstring).
 
@@ -309,8 +337,10 @@ class AnimationDataModule(L.LightningDataModule):
             raise ValueError(f"AnimationDataModule needs a dataset root or shard urls; {CREATE_HINT}")
         if synthetic is not None and root is None:
             raise ValueError("synthetic data needs a root directory to write it to")
+        check_counts(batch_size=batch_size, num_workers=num_workers, frame_stride=frame_stride, epoch_batches=epoch_batches, val_samples=val_samples)
+        check_buckets(resolution, resolutions, frame_buckets)
         if reference not in REFERENCE_POLICIES:
-            raise ValueError(f"reference policy {reference!r} is not one of {REFERENCE_POLICIES}")
+            raise ValueError(f"reference={reference}: must be one of {', '.join(REFERENCE_POLICIES)}")
         self.root = root
         self.urls = {"train": train_urls, "val": val_urls, "test": test_urls}
         self.synthetic = None if synthetic is None else dict(synthetic)

@@ -281,7 +281,7 @@ def _load_npy_object(data: bytes, name: str) -> Any:
         shape, _, dtype = readers[version](buffer, max_header_size=1 << 20)
     except ValueError as exn:
         raise KeypointError(f"{name}: not a readable .npy ({exn})") from exn
-    if dtype != object:
+    if dtype != np.dtype(object):
         raise KeypointError(f"{name}: unexpected .npy contents")
     obj = safe_load_pickle(buffer.read(), name)
     if shape == () and isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():

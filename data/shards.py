@@ -18,9 +18,9 @@ import re
 import tarfile
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import webdataset as wds
@@ -126,7 +126,7 @@ class BadSampleCounter:
             if len(examples) < self.max_examples:
                 examples.append(f"{bad.url}:{bad.key}" if bad.key else bad.url)
 
-    def merge(self, other: "BadSampleCounter") -> None:
+    def merge(self, other: BadSampleCounter) -> None:
         """Add another counter's counts and examples (e.g. from a worker process)."""
         state = other.__getstate__()
         with self._lock:
@@ -260,7 +260,7 @@ class ShardWriter:
         self._count = 0
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         """Enter: nothing is opened until the first sample."""
         return self
 
@@ -439,7 +439,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"no dataset manifest at {path}: create the synthetic dataset with "
-            f"`python -m data.synthetic --out {directory}` or point the config at an existing dataset directory"
+            f"`python -m data.synthetic out={directory}` or point the config at an existing dataset directory"
         )
     try:
         return json.loads(path.read_text())

@@ -1,26 +1,23 @@
-"""Shared command-line handling: ``conf=NAME`` picks an experiment file, ``resume=RUN`` continues one."""
+"""The experiments' command line: ``conf=NAME`` picks an experiment file, ``resume=RUN`` continues one.
+
+The runner itself (Hydra, one-line errors) is :mod:`common.cli`, shared with the data tools.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import hydra
 import yaml
-from hydra.errors import InstantiationException
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-NOT_EXPERIMENTS = {"fit", "evaluate", "generate"}  # base configs of the entry points, not experiments
+from common import cli
+from common.cli import CONF_DIR, UsageError, reported
 
+__all__ = ["CONF_DIR", "NOT_EXPERIMENTS", "UsageError", "experiment_names", "reported", "resume_arguments", "resume_dir", "run"]
 
-class UsageError(SystemExit):
-    """A one-line error for the command line (exit status 2)."""
-
-    def __init__(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        super().__init__(2)
+NOT_EXPERIMENTS = {"fit", "evaluate", "generate", "train_vae", "synthetic", "prepare"}  # base configs of the entry points
 
 
 def experiment_names() -> list[str]:
@@ -41,12 +38,12 @@ def resume_dir(resume: str) -> Path:
     path = Path(resume).expanduser()
     if not path.exists():
         raise UsageError(f"resume={resume}: no such run directory or checkpoint")
-    run = path if path.is_dir() else path.parent
-    while not (run / ".hydra").is_dir() and run != run.parent:
-        run = run.parent
-    if not (run / ".hydra").is_dir():
+    run_dir = path if path.is_dir() else path.parent
+    while not (run_dir / ".hydra").is_dir() and run_dir != run_dir.parent:
+        run_dir = run_dir.parent
+    if not (run_dir / ".hydra").is_dir():
         raise UsageError(f"resume={resume}: no .hydra/ config found in it or its parents (is it a run directory?)")
-    return run
+    return run_dir
 
 
 def resume_arguments(args: list[str]) -> tuple[str | None, list[str]]:
@@ -54,15 +51,15 @@ def resume_arguments(args: list[str]) -> tuple[str | None, list[str]]:
     resume = _value(args, "resume")
     if not resume:
         return None, args
-    run = resume_dir(resume)
-    hydra_cfg = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    run_dir = resume_dir(resume)
+    hydra_cfg = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
     original = [o for o in hydra_cfg["overrides"]["task"] if not o.startswith(("resume=", "hydra."))]
     new = [a for a in args if not a.startswith("conf=")]
-    return hydra_cfg["job"]["config_name"], original + new + [f"hydra.run.dir={run}"]
+    return hydra_cfg["job"]["config_name"], original + new + [f"hydra.run.dir={run_dir}"]
 
 
-def run(task: Callable, argv: list[str] | None = None, default_conf: str | None = None) -> None:
-    """Compose ``conf/<conf>.yaml`` with the overrides in ``argv`` and call ``task(cfg)`` through Hydra."""
+def run(task: Callable, argv: list[str] | None = None, default_conf: str | None = None) -> Any:
+    """Compose ``conf/<conf>.yaml`` with the overrides in ``argv`` and call ``task(cfg)`` through Hydra; returns its result."""
     args = list(sys.argv[1:] if argv is None else argv)
     relaunched = _value(args, "--config-name")  # Lightning's DDP launcher re-runs the rewritten argv
     if relaunched:
@@ -73,27 +70,4 @@ def run(task: Callable, argv: list[str] | None = None, default_conf: str | None 
         raise UsageError(f"say which experiment: conf=NAME with NAME one of {', '.join(experiment_names())}")
     if not (CONF_DIR / f"{conf}.yaml").exists():
         raise UsageError(f"conf={conf}: no conf/{conf}.yaml; valid: {', '.join(experiment_names())}")
-    overrides = [a for a in args if not a.startswith("conf=")]
-    sys.argv = [sys.argv[0], f"--config-name={conf}", *overrides]
-    hydra.main(config_path=str(CONF_DIR), config_name=conf, version_base="1.3")(reported(task))()
-
-
-def reported(task: Callable) -> Callable:
-    """Turn configuration and missing-file errors into one-line messages instead of tracebacks."""
-
-    @functools.wraps(task)
-    def wrapper(cfg):
-        try:
-            return task(cfg)
-        except InstantiationException as exn:
-            cause = exn.__cause__ or exn
-            raise UsageError(f"{type(cause).__name__}: {_one_line(cause)}") from None
-        except FileNotFoundError as exn:
-            raise UsageError(_one_line(exn)) from None
-
-    return wrapper
-
-
-def _one_line(exn: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(exn).split())
+    return cli.run(task, conf, [a for a in args if not a.startswith("conf=")])

@@ -1,6 +1,6 @@
 """Train the tiny default Wan VAE on the synthetic puppets.
 
-    python -m experiments.train_vae --out animate/assets/tiny_wan_vae
+    python -m experiments.train_vae out=animate/assets/tiny_wan_vae [key=value ...]
 
 The model is diffusers' ``AutoencoderKLWan`` (z_dim 16, 8x spatial and 4x causal temporal
 compression: the Wan2.1 architecture) at tiny width. It trains on random short clips (1 + 4k
@@ -9,80 +9,97 @@ an image-gradient loss and a small KL term. Afterwards the per-channel mean/std 
 means over training clips go into the config's ``latents_mean``/``latents_std`` (diffusers' Wan
 convention: ``z_normalised = (z - mean) / std``), the held-out reconstruction PSNR is printed
 (overall and inside the person mask), and the model is written in diffusers layout (config.json +
-diffusion_pytorch_model.safetensors, float32). Output is a function of the flags and the data
-(fixed seeds; CPU).
+diffusion_pytorch_model.safetensors, float32). Settings and their defaults (which reproduce the
+shipped VAE): conf/train_vae.yaml. Without ``dataset=`` it trains on the training configs' default
+puppets (``${paths.cache}/data/synthetic``, made on first use). Output is a function of the
+settings and the data (fixed seeds; CPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from common.geometry import WAN
 from animate.weights import save_diffusers
+from common.cli import compose_config, run, to_dataclass
+from common.geometry import WAN
 from data.shards import Sample, iter_shard_samples, read_manifest
+from data.synthetic import SyntheticConfig, ensure_dataset
 from metrics.pixel import frame_psnr, masked_frame_psnr
 
-DEFAULT_DATA = Path(os.environ.get("ANIMATE_CACHE", ".cache")) / "synthetic"
-TRAIN_FRAMES = (1, 5, 9, 17)  # clip lengths drawn per step (1 + 4k; 1 = a single frame)
 MIN_BATCH = 2  # at batch 1 PyTorch's CPU conv3d takes its ~10x slower non-oneDNN path
 EVAL_FRAMES = 17
 STATS_CLIPS = 64
 INITIAL_LOGVAR = -6.0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags; the defaults reproduce the shipped VAE."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.train_vae", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="output directory (diffusers layout)")
-    parser.add_argument("--data", type=Path, default=None, help=f"dataset directory with manifest.json (default: the synthetic puppets, generated into {DEFAULT_DATA} if missing)")
-    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-frames", type=int, nargs="+", default=TRAIN_FRAMES, help="clip lengths drawn per step (1 + 4k; 1 = a single frame)")
-    parser.add_argument("--size", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="crop side range in pixels (multiples of 16)")
-    parser.add_argument("--pixels-per-step", type=int, default=8 * 64 * 64, help="batch size = this / (frames * side^2), at least 2")
-    parser.add_argument("--max-pixels-per-step", type=int, default=4 * 8 * 64 * 64, help="crop sides are drawn among those keeping 2 clips under this")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (image-only probe, 400 steps: 1e-3 15.7 dB, 3e-3 16.9 dB, 6e-3 15.5 dB)")
-    parser.add_argument("--l1-weight", type=float, default=0.1, help="weight of the L1 loss (MSE has weight 1; L1 at 1 stalls early training)")
-    parser.add_argument("--edge-weight", type=float, default=0.1, help="weight of the L1 loss on image gradients")
-    parser.add_argument("--kl-weight", type=float, default=1e-5, help="weight of the per-element KL to N(0, 1)")
-    parser.add_argument("--posterior", choices=("sample", "mean"), default="mean", help="decode a posterior sample (a VAE) or its mean (an autoencoder with a KL-regularised mean)")
-    parser.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=True, help="start every residual branch and attention output at zero")
-    parser.add_argument("--base-dim", type=int, default=32, help="encoder width (with num_res_blocks 0 the encoder is linear up to its middle block: this is its bottleneck width)")
-    parser.add_argument("--decoder-base-dim", type=int, default=16, help="decoder width")
-    parser.add_argument("--dim-mult", type=int, nargs=4, default=(1, 1, 1, 1))
-    parser.add_argument("--num-res-blocks", type=int, default=0, help="encoder residual blocks per level (decoder: one more)")
-    parser.add_argument("--eval-split", default="test", help="held-out split for the reported PSNR")
-    parser.add_argument("--eval-clips", type=int, default=None, help="held-out clips to score (default: all)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    low, high = args.size
-    if low % 16 or high % 16 or not 16 <= low <= high:
-        parser.error(f"--size {low} {high}: need multiples of 16 with MIN <= MAX")
-    if args.steps < 1:
-        parser.error("--steps must be at least 1")
-    return args
+@dataclass
+class TrainVAEConfig:
+    """Settings of a VAE training run: the keys of conf/train_vae.yaml (which holds the defaults and their meaning)."""
+
+    out: str
+    dataset: str | None
+    puppets: dict[str, Any]
+    paths: dict[str, Any]
+    steps: int
+    seed: int
+    train_frames: list[int]
+    size: list[int]
+    pixels_per_step: int
+    max_pixels_per_step: int
+    lr: float
+    l1_weight: float
+    edge_weight: float
+    kl_weight: float
+    posterior: str
+    zero_init: bool
+    base_dim: int
+    decoder_base_dim: int
+    dim_mult: list[int]
+    num_res_blocks: int
+    eval_split: str
+    eval_clips: int | None
+    threads: int
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot train, naming the key."""
+        if len(self.size) != 2 or any(side % 16 for side in self.size) or not 16 <= self.size[0] <= self.size[1]:
+            raise ValueError(f"size={self.size}: need [MIN, MAX], multiples of 16 with 16 <= MIN <= MAX")
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps}: must be at least 1")
+        if not self.train_frames or any(frames < 1 or (frames - 1) % WAN.vae_time for frames in self.train_frames):
+            raise ValueError(f"train_frames={self.train_frames}: must be frame counts 1 + {WAN.vae_time}k (1, 5, 9, 17, ...)")
+        if self.posterior not in ("sample", "mean"):
+            raise ValueError(f"posterior={self.posterior}: must be one of sample, mean")
+        if len(self.dim_mult) != 4:
+            raise ValueError(f"dim_mult={self.dim_mult}: needs 4 entries, one per level")
 
 
-def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
+def settings(overrides: list[str] = ()) -> TrainVAEConfig:
+    """conf/train_vae.yaml with ``key=value`` overrides, checked (for code that trains or builds the VAE outside the command line)."""
+    return to_dataclass(TrainVAEConfig, compose_config("train_vae", overrides))
+
+
+def build_vae(args: TrainVAEConfig) -> AutoencoderKLWan:
     """A freshly initialised tiny Wan VAE (seeded) that starts trainable.
 
     Two departures from diffusers' default initialisation, both measured to matter here:
     the posterior log-variance bias starts at INITIAL_LOGVAR (std 0.05; at std ~1 the sampled
     latent carries no information and training collapses to the mean image), and every residual
     branch and attention output starts at zero, so each block starts as its shortcut
-    (``--no-zero-init`` turns it off; docs/TINY_VAE.md has the probe numbers).
+    (``zero_init=false`` turns it off; docs/TINY_VAE.md has the probe numbers).
     """
     torch.manual_seed(args.seed)
     vae = AutoencoderKLWan(
@@ -103,14 +120,13 @@ def build_vae(args: argparse.Namespace) -> AutoencoderKLWan:
     return vae
 
 
-def dataset_dir(data: Path | None) -> Path:
-    """``data`` if given, else the default synthetic puppets (generated on first use)."""
-    if data is not None:
-        return data
-    from data.synthetic import ensure_dataset
-
-    ensure_dataset(DEFAULT_DATA)
-    return DEFAULT_DATA
+def dataset_dir(args: TrainVAEConfig) -> Path:
+    """``dataset`` if given, else the default synthetic puppets (generated on first use, shared with training runs)."""
+    if args.dataset is not None:
+        return Path(args.dataset)
+    root = Path(args.puppets["root"])
+    ensure_dataset(root, SyntheticConfig(**args.puppets["synthetic"]))
+    return root
 
 
 def load_split(directory: Path, split: str) -> list[Sample]:
@@ -168,7 +184,7 @@ def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tens
     return torch.cat(frames, dim=2)
 
 
-def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
+def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: TrainVAEConfig) -> tuple[torch.Tensor, dict]:
     """MSE + L1 + edge L1 on the reconstruction of a posterior sample, plus the KL to N(0, 1)."""
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator) if args.posterior == "sample" else posterior.mean
@@ -181,16 +197,16 @@ def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.G
     return loss, {"mse": mse.item(), "kl": kl.item()}
 
 
-def batch_shapes(args: argparse.Namespace, rng: np.random.Generator) -> tuple[int, int, int]:
+def batch_shapes(args: TrainVAEConfig, rng: np.random.Generator) -> tuple[int, int, int]:
     """(frames, side, batch size) of one step: random length, random crop side among those whose
-    batch of MIN_BATCH stays under ``--max-pixels-per-step``, batch from ``--pixels-per-step``."""
+    batch of MIN_BATCH stays under ``max_pixels_per_step``, batch from ``pixels_per_step``."""
     frames = int(rng.choice(args.train_frames))
     sides = [side for side in range(args.size[0], args.size[1] + 1, 16) if MIN_BATCH * frames * side * side <= args.max_pixels_per_step]
     side = int(rng.choice(sides or [args.size[0]]))
     return frames, side, max(MIN_BATCH, round(args.pixels_per_step / (frames * side * side)))
 
 
-def train(vae: AutoencoderKLWan, samples: list[Sample], args: argparse.Namespace) -> None:
+def train(vae: AutoencoderKLWan, samples: list[Sample], args: TrainVAEConfig) -> None:
     """AdamW with warm-up and cosine decay over ``args.steps`` random batches."""
     rng = np.random.default_rng(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -283,12 +299,12 @@ def encode_seconds(vae: AutoencoderKLWan, frames: int = EVAL_FRAMES, side: int =
     return min(timings)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def train_and_save(cfg: DictConfig) -> dict:
     """Train, normalise, evaluate and save; returns (and prints) the summary."""
-    args = parse_args(argv)
+    args = to_dataclass(TrainVAEConfig, cfg)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    directory = dataset_dir(args.data)
+    directory = dataset_dir(args)
     train_samples = load_split(directory, "train")
     vae = build_vae(args)
     train(vae, train_samples, args)
@@ -307,6 +323,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point (``argv``: the ``key=value`` overrides; default: the process's arguments)."""
+    return run(train_and_save, "train_vae", argv, errors=(ValueError,))
 
 
 if __name__ == "__main__":

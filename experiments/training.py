@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def build_logger(cfg: DictConfig):
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """Instantiate the system, the data and the trainer of a run."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.method)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
-from torchmetrics.utilities import rank_zero_warn
 from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
 
 from metrics import extractors, weights
 from metrics.video import (

@@ -1,9 +1,9 @@
 """The packed forward against diffusers' own forward, and each extension point."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from packaging.requirements import Requirement
 

@@ -3,7 +3,6 @@
 import math
 
 
-
 def test_train_step_reports_a_breakdown(workdir, smoke_overrides):
     from benchmarks.train_step import main
 
@@ -22,6 +21,6 @@ def test_vae_probe_reports_psnr_per_window(tmp_path):
 
     config = SyntheticConfig(train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=5, size=64, image_pairs_per_identity=0)
     generate_dataset(tmp_path / "data", config, progress=False)
-    results = main(["--lrs", "1e-3", "--steps", "3", "--batch", "2", "--side", "32", "--", "--data", str(tmp_path / "data"), "--base-dim", "4"])
+    results = main(["--lrs", "1e-3", "--steps", "3", "--batch", "2", "--side", "32", "--", f"dataset={tmp_path / 'data'}", "base_dim=4"])
     assert list(results) == ["0.001"] and len(results["0.001"]) == 1
     assert 5 < results["0.001"][0] < 40

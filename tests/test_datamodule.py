@@ -224,3 +224,17 @@ def test_ddp_ranks_get_distinct_data(dataset, tmp_path):
     assert ranks[0]["val"] and ranks[1]["val"] and not set(ranks[0]["val"]) & set(ranks[1]["val"])
     assert len(ranks[0]["val"]) + len(ranks[1]["val"]) == 4
     assert ranks[0]["train"] != ranks[1]["train"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=0), "batch_size=0: must be an integer >= 1"),
+    (dict(batch_size="abc"), "batch_size=abc: must be an integer >= 1"),
+    (dict(num_workers=-1), "num_workers=-1: must be an integer >= 0"),
+    (dict(resolutions=None, resolution=100), "resolution=100: resolutions must be positive multiples of 16"),
+    (dict(resolutions={64: 0.5, 40: 0.5}), "resolutions={64: 0.5, 40: 0.5}: resolutions must be positive multiples of 16"),
+    (dict(frame_buckets=[5, 6]), r"frame_buckets=\[5, 6\]: must be a list of frame counts 1 \+ 4k"),
+    (dict(reference="last"), "reference=last: must be one of random, first"),
+])
+def test_settings_that_cannot_work_are_rejected_naming_the_key(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_module(tmp_path, **overrides)

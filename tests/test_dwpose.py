@@ -19,6 +19,7 @@ from common.pose.dwpose import (
     DETECTOR_FILE,
     POSE_FILE,
     DWPose,
+    box_center_scale,
     crop_for_pose,
     decode_simcc,
     decode_yolox,
@@ -30,7 +31,6 @@ from common.pose.dwpose import (
     select_person,
     smooth_keypoints,
     to_image_coordinates,
-    box_center_scale,
 )
 
 PERSON_LEVEL = 160  # grey of the "person" rectangle; the letterbox pad (114) and the background stay below the detector's cut
@@ -228,8 +228,8 @@ def test_smoothing_averages_present_points_only():
 
 
 def test_prepare_extracts_poses_with_the_models(model_dir, tmp_path):
-    from data.prepare import PrepareConfig, prepare
     from common.video import encode_video
+    from data.prepare import PrepareConfig, prepare
     from data.shards import iter_shard_samples
 
     videos = tmp_path / "videos"

@@ -5,7 +5,17 @@ import pytest
 
 from common.pose import layout
 from common.pose.layout import (
-    BODY, FACE, FEET, LEFT_HAND, RIGHT_HAND, Body, face_box, hand_boxes, head_box, to_dwpose134, to_openpose18,
+    BODY,
+    FACE,
+    FEET,
+    LEFT_HAND,
+    RIGHT_HAND,
+    Body,
+    face_box,
+    hand_boxes,
+    head_box,
+    to_dwpose134,
+    to_openpose18,
 )
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.cli import compose_config
 from common.pose.layout import Body, to_dwpose134, to_openpose18
-from data.pose_import import KeypointError, load_keypoints, read_deepfashion_annotations
-from data.prepare import REPORT_NAME, STATE_NAME, PrepareConfig, main, prepare
 from common.video import encode_video
+from data.pose_import import KeypointError, load_keypoints, read_deepfashion_annotations
+from data.prepare import REPORT_NAME, STATE_NAME, Models, PrepareConfig, main, prepare
 from data.shards import iter_shard_samples, read_manifest
 from data.synthetic import SyntheticConfig, make_clip, make_image_pair
-
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -208,7 +208,9 @@ def test_interrupted_run_resumes_without_duplicates_or_half_shards(tmp_path):
     keys = set(read_samples(tmp_path / "clean"))
     assert clean["video_clips"] == 8 and len(keys) == 8
 
-    def crash(key, seen=[]):
+    seen = []
+
+    def crash(key):
         seen.append(key)
         if len(seen) == 5:
             raise KeyboardInterrupt("simulated crash")
@@ -355,13 +357,32 @@ def test_pickles_cannot_run_code(tmp_path):
 # ----------------------------------------------------------------------------- command line and training
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("arguments, message", [
+    (["clip_frame=9"], "clip_frame=9: no key 'clip_frame' in conf/prepare.yaml (did you mean clip_frames"),
+    (["pose=openpose"], "pose='openpose' is not one of sidecar, dwpose"),
+    (["clip_frames=abc"], "clip_frames: Value 'abc'"),
+    (["videos"], "videos: cannot parse it"),
+])
+def test_command_line_errors_are_one_line(tmp_path, capsys, arguments, message):
     with pytest.raises(SystemExit) as info:
-        main([f"out={tmp_path}", f"videos={tmp_path}", "clip_frame=9"])
-    assert info.value.code == 2 and "clip_frame" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([f"out={tmp_path}", f"videos={tmp_path}", "pose=openpose"])
-    assert "pose='openpose' is not one of" in capsys.readouterr().err
+        main([f"out={tmp_path}", f"videos={tmp_path}", *arguments])
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and error.startswith("error: ") and error.count("\n") == 1 and message in error
+
+
+def test_command_line_config_has_the_settings_defaults():
+    cfg = compose_config("prepare", ["out=unused"])
+    assert PrepareConfig(**cfg) == PrepareConfig(out="unused")
+
+
+def test_a_corrupt_state_file_says_how_to_start_over(tmp_path):
+    videos = tmp_path / "videos"
+    write_clip(videos, "a", identity=0)
+    prepare(config(tmp_path, videos))
+    (tmp_path / "out" / STATE_NAME).write_text('{"generator": "data.prepare", "version": 1, "sources": [')
+    with pytest.raises(ValueError, match=f"{STATE_NAME} is not a usable data.prepare state file .*overwrite=true"):
+        prepare(config(tmp_path, videos))
+    assert prepare(config(tmp_path, videos, overwrite=True))["video_clips"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +413,6 @@ def test_prepared_folder_trains_with_experiments_fit(prepared, workdir, smoke_ov
 def test_text_boxes_from_an_installed_ocr_or_a_broken_sidecar(tmp_path, monkeypatch):
     import types
 
-    import data.prepare as prepare_module
-
     calls = []
 
     class FakeRapidOCR:
@@ -404,7 +423,6 @@ def test_text_boxes_from_an_installed_ocr_or_a_broken_sidecar(tmp_path, monkeypa
             return [[[[4, 5], [20, 5], [20, 12], [4, 12]], "DANCE", 0.9]], 0.01
 
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", types.SimpleNamespace(RapidOCR=FakeRapidOCR))
-    monkeypatch.setattr(prepare_module, "_OCR", None)
     videos = tmp_path / "videos"
     write_clip(videos, "ocr", identity=0)
     prepare(config(tmp_path, videos, text="ocr", ocr_stride=4))
@@ -415,22 +433,16 @@ def test_text_boxes_from_an_installed_ocr_or_a_broken_sidecar(tmp_path, monkeypa
     assert report["skipped"]["bad_text_boxes"]["paths"] == ["ocr.mp4"]
 
 
-def test_a_failing_pose_model_skips_the_source_and_the_run_goes_on(tmp_path, monkeypatch):
-    import data.prepare as prepare_module
-
+def test_a_failing_pose_model_skips_the_source_and_the_run_goes_on(tmp_path):
     class Broken:
         def video(self, frames, smooth=0):
             raise RuntimeError("ONNX runtime error")
 
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "yolox_l.onnx").write_bytes(b"")
-    (models / "dw-ll_ucoco_384.onnx").write_bytes(b"")
-    monkeypatch.setattr(prepare_module, "_dwpose", lambda config: Broken())
     videos = tmp_path / "videos"
     write_clip(videos, "a", identity=0)
     write_clip(videos, "b", identity=1)
-    report = prepare(config(tmp_path, videos, pose="dwpose", dwpose_dir=str(models)))
+    settings = config(tmp_path, videos, pose="dwpose", dwpose_dir=str(tmp_path / "no-models"))
+    report = prepare(settings, models=Models(settings, pose=Broken()))
     assert report["skipped"]["pose_model_error"]["paths"] == ["a.mp4", "b.mp4"] and report["video_clips"] == 0
     assert "ONNX runtime error" in report["skipped"]["pose_model_error"]["details"][0]
 

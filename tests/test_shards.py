@@ -9,8 +9,17 @@ import pytest
 import webdataset as wds
 
 from data.shards import (
-    BadSample, BadSampleCounter, Sample, ShardWriter, decode_sample, decode_video, encode_sample, encode_video,
-    iter_shard_samples, read_manifest, write_manifest,
+    BadSample,
+    BadSampleCounter,
+    Sample,
+    ShardWriter,
+    decode_sample,
+    decode_video,
+    encode_sample,
+    encode_video,
+    iter_shard_samples,
+    read_manifest,
+    write_manifest,
 )
 
 HEIGHT, WIDTH, FRAMES = 48, 64, 9
@@ -217,5 +226,5 @@ def test_manifest_round_trip_and_missing_manifest_says_how_to_make_it(tmp_path):
     write_manifest(tmp_path / "data", info)
     assert read_manifest(tmp_path / "data") == info
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["manifest.json"]
-    with pytest.raises(FileNotFoundError, match=r"python -m data.synthetic --out .*elsewhere"):
+    with pytest.raises(FileNotFoundError, match=r"python -m data.synthetic out=.*elsewhere"):
         read_manifest(tmp_path / "elsewhere")

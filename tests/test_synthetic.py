@@ -2,16 +2,27 @@
 
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from common.cli import compose_config
 from common.pose.layout import hand_boxes
 from data.shards import BadSampleCounter, iter_shard_samples, read_manifest
 from data.synthetic import (
-    SUBSET_PREFIXES, SyntheticConfig, ensure_dataset, frame_size, generate_dataset, make_clip, make_image_pair,
+    SUBSET_PREFIXES,
+    SyntheticConfig,
+    ensure_dataset,
+    frame_size,
+    generate_dataset,
+    make_clip,
+    make_image_pair,
 )
+from data.synthetic.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = SyntheticConfig(frames=9)
 TINY = SyntheticConfig(seed=3, train_identities=3, val_identities=2, test_identities=2, clips_per_identity=1, frames=5,
@@ -144,13 +155,28 @@ def test_worker_processes_do_not_change_the_data(tmp_path):
 
 
 def test_cli_runs_on_a_tiny_config(tmp_path):
-    command = [sys.executable, "-m", "data.synthetic", "--out", str(tmp_path), "--train-identities", "2", "--val-identities", "1",
-               "--test-identities", "1", "--clips-per-identity", "1", "--frames", "5", "--size", "32", "--text-fraction", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "data.synthetic", f"out={tmp_path}", "train_identities=2", "val_identities=1",
+               "test_identities=1", "clips_per_identity=1", "frames=5", "size=32", "text_fraction=1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train: 2 identities; video 2 in 1 shards" in result.stdout
     manifest = read_manifest(tmp_path)
     assert manifest["config"]["size"] == 32 and (tmp_path / manifest["splits"]["val"]["images"]["shards"][0]).is_file()
+    assert not (ROOT / "outputs").exists() and not (tmp_path / ".hydra").exists()
+
+
+@pytest.mark.parametrize("override, message", [("size=100", "multiple of 16"), ("size=abc", "size: Value 'abc'"), ("sise=64", "did you mean size?")])
+def test_cli_rejects_bad_settings_in_one_line(tmp_path, override, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"out={tmp_path}", override])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("error: ") and error.count("\n") == 1 and message in error
+
+
+def test_cli_config_has_the_generator_defaults():
+    cfg = compose_config("synthetic", ["out=unused"])
+    assert SyntheticConfig(**{item.name: cfg[item.name] for item in fields(SyntheticConfig)}) == SyntheticConfig()
+    assert set(cfg) == {item.name for item in fields(SyntheticConfig)} | {"out", "workers", "force"}
 
 
 def test_config_rejects_sizes_that_are_not_multiples_of_16():

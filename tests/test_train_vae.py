@@ -11,8 +11,9 @@ import torch
 
 import animate
 from animate.weights import load_vae
+from common.cli import compose_config
 from data.synthetic import SyntheticConfig, generate_dataset, make_clip
-from experiments.train_vae import EVAL_FRAMES, clip_psnr, main, parse_args
+from experiments.train_vae import EVAL_FRAMES, clip_psnr, main, settings
 
 SHIPPED_VAE = Path(animate.__file__).parent / "assets" / "tiny_wan_vae"
 # PSNR of the shipped VAE on the clip below, measured when it was trained (docs/TINY_VAE.md)
@@ -40,7 +41,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def test_tiny_training_run_reloads(tiny_dataset, tmp_path):
     out = tmp_path / "vae"
-    argv = ["--out", str(out), "--data", str(tiny_dataset), "--steps", "3", "--size", "32", "64", "--pixels-per-step", "2048"]
+    argv = [f"out={out}", f"dataset={tiny_dataset}", "steps=3", "size=[32,64]", "pixels_per_step=2048"]
     summary = main(argv)
     assert sorted(path.name for path in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     vae = load_vae(out)
@@ -54,9 +55,21 @@ def test_tiny_training_run_reloads(tiny_dataset, tmp_path):
     assert evaluate(vae, held_out)["psnr"] == pytest.approx(summary["psnr"], abs=1e-6)
 
 
-def test_size_flag_must_be_multiples_of_16(tmp_path):
-    with pytest.raises(SystemExit):
-        parse_args(["--out", str(tmp_path), "--size", "60", "128"])
+def test_size_must_be_multiples_of_16_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"out={tmp_path}", "size=[60,128]"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error == "error: size=[60, 128]: need [MIN, MAX], multiples of 16 with 16 <= MIN <= MAX\n"
+    with pytest.raises(ValueError, match="size="):
+        settings(["out=unused", "size=[64]"])
+
+
+def test_default_data_is_the_training_configs_puppets(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANIMATE_CACHE", str(tmp_path))
+    puppets = settings(["out=unused"]).puppets
+    data = compose_config("fit").data
+    assert puppets["root"] == data.root == f"{tmp_path}/data/synthetic"
+    assert SyntheticConfig(**puppets["synthetic"]) == SyntheticConfig(**data.synthetic) == SyntheticConfig()
 
 
 def test_shipped_vae_is_small_float32():
@@ -91,7 +104,7 @@ def test_shipped_latent_statistics_normalise_held_out_latents():
 def test_training_decode_matches_decode_but_keeps_gradients_of_overshooting_pixels():
     from experiments.train_vae import build_vae, decode_unclamped
 
-    vae = build_vae(parse_args(["--out", "unused", "--base-dim", "8"]))
+    vae = build_vae(settings(["out=unused", "base_dim=8"]))
     with torch.no_grad():
         vae.decoder.conv_out.bias.fill_(2.0)  # every pixel overshoots +1
     latents = torch.randn(1, 16, 2, 2, 2, requires_grad=True)
@@ -109,7 +122,7 @@ def test_fresh_vae_residual_blocks_start_as_their_shortcut():
 
     from experiments.train_vae import INITIAL_LOGVAR, build_vae
 
-    vae = build_vae(parse_args(["--out", "unused", "--num-res-blocks", "1", "--dim-mult", "1", "2", "2", "2"]))
+    vae = build_vae(settings(["out=unused", "num_res_blocks=1", "dim_mult=[1,2,2,2]"]))
     blocks = [m for m in vae.modules() if isinstance(m, WanResidualBlock)]
     assert blocks and all(not b.conv2.weight.any() and not b.conv2.bias.any() for b in blocks)
     assert torch.all(vae.quant_conv.bias[vae.config.z_dim :] == INITIAL_LOGVAR)
