@@ -1,21 +1,25 @@
 """The one place that reaches into diffusers' Wan internals; everything else calls these functions.
 
 The packed forward (:mod:`animate.backbone`) runs diffusers' own Wan modules (patch embedding,
-condition embedder, blocks' norms, attentions and feed-forward, output head) in its own loop, so
-it depends on their attribute names and call signatures. Those dependencies are listed here and
-checked against the tested diffusers range at import: an unsupported diffusers is a one-line
-ImportError, not an AttributeError deep inside a forward.
+condition embedder, blocks' norms, attentions and feed-forward, output head) in its own loop, and
+the tiny VAE's trainer (experiments/train_vae.py) decodes without the output clamp and
+initialises residual branches, so both depend on attribute names and call signatures that are
+not diffusers' public API. Those dependencies are listed here and checked against the tested
+diffusers range at import: an unsupported diffusers is a one-line ImportError, not an
+AttributeError deep inside a forward. (Weight-layout conversion uses diffusers' single-file
+converters, in :mod:`animate.weights`.)
 """
 
 from __future__ import annotations
 
 from importlib.metadata import version
 
+import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from torch import Tensor, nn
 
-SUPPORTED_DIFFUSERS = SpecifierSet(">=0.35,<0.43")  # keep equal to pyproject.toml's pin; tested: 0.35.2, 0.42.1
+SUPPORTED_DIFFUSERS = SpecifierSet(">=0.35,<0.43")  # = pyproject.toml's pin; model tests pass on 0.35.2, the whole suite on 0.42.1
 TIMESTEP_SCALE = 1000.0  # Wan's timestep embedding takes t in [0, 1000]
 
 
@@ -35,7 +39,11 @@ check_diffusers_version()
 
 def rope_tables(rope: nn.Module) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
     """Wan's 3D RoPE tables split into (time, height, width) parts: cos parts, sin parts, each (max_len, dim_k)."""
-    split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    if hasattr(rope, "t_dim"):  # newer diffusers record the split
+        split = [rope.t_dim, rope.h_dim, rope.w_dim]
+    else:  # 0.35 builds the tables with this split (its forward's own split differs unless head_dim % 6 == 0)
+        space = 2 * (rope.attention_head_dim // 6)
+        split = [rope.attention_head_dim - 2 * space, space, space]
     return rope.freqs_cos.split(split, dim=1), rope.freqs_sin.split(split, dim=1)
 
 
@@ -111,3 +119,32 @@ def set_in_channels(transformer: nn.Module, patch_embedding: nn.Conv3d) -> None:
     """Install a widened patch embedding and record its input channels in the config."""
     transformer.patch_embedding = patch_embedding
     transformer.register_to_config(in_channels=patch_embedding.in_channels)
+
+
+def vae_posterior_logvar_bias(vae: nn.Module) -> Tensor:
+    """The bias of the VAE's log-variance channels (``quant_conv`` yields mean and logvar on channels)."""
+    return vae.quant_conv.bias[vae.config.z_dim :]
+
+
+def vae_residual_outputs(vae: nn.Module) -> list[nn.Module]:
+    """The last layer of every residual branch and attention block of a Wan VAE."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
+
+    return [m.conv2 if isinstance(m, WanResidualBlock) else m.proj for m in vae.modules() if isinstance(m, (WanResidualBlock, WanAttentionBlock))]
+
+
+def vae_decode_unclamped(vae: nn.Module, latents: Tensor) -> Tensor:
+    """``AutoencoderKLWan.decode`` of raw latents without its final clamp, frame by frame with the causal cache."""
+    vae.clear_cache()
+    hidden_states = vae.post_quant_conv(latents)  # (B, z, F, h, w)
+    frames = []
+    for index in range(hidden_states.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(hidden_states[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
+def vae_encoder_parameters(vae: nn.Module) -> int:
+    """Parameters of the VAE's encoder side (encoder and quant_conv)."""
+    return sum(p.numel() for p in vae.encoder.parameters()) + sum(p.numel() for p in vae.quant_conv.parameters())

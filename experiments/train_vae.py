@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from animate import diffusers_wan as wan
 from animate.weights import save_diffusers
 from common.cli import compose_config, run, to_dataclass
 from common.geometry import WAN
@@ -111,12 +111,10 @@ def build_vae(args: TrainVAEConfig) -> AutoencoderKLWan:
         temperal_downsample=[False, True, True],
     )
     with torch.no_grad():
-        vae.quant_conv.bias[vae.config.z_dim :] = INITIAL_LOGVAR  # quant_conv yields (mean, logvar) on channels
-        for module in vae.modules() if args.zero_init else ():
-            last = module.conv2 if isinstance(module, WanResidualBlock) else module.proj if isinstance(module, WanAttentionBlock) else None
-            if last is not None:
-                last.weight.zero_()
-                last.bias.zero_()
+        wan.vae_posterior_logvar_bias(vae).fill_(INITIAL_LOGVAR)
+        for last in wan.vae_residual_outputs(vae) if args.zero_init else ():
+            last.weight.zero_()
+            last.bias.zero_()
     return vae
 
 
@@ -169,19 +167,12 @@ def image_gradients(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
-    """``vae.decode`` without its final clamp to [-1, 1], frame by frame with the causal cache.
+    """``vae.decode`` without its final clamp to [-1, 1] (:func:`animate.diffusers_wan.vae_decode_unclamped`).
 
     The clamp zeroes the gradient of every pixel the decoder overshoots; saturated colours (the
     puppets' whites and blacks) then stop learning, and training sits on a plateau near 13 dB.
     """
-    vae.clear_cache()
-    hidden_states = vae.post_quant_conv(latents)  # (B, z, F, h, w)
-    frames = []
-    for index in range(hidden_states.shape[2]):
-        vae._conv_idx = [0]
-        frames.append(vae.decoder(hidden_states[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0))
-    vae.clear_cache()
-    return torch.cat(frames, dim=2)
+    return wan.vae_decode_unclamped(vae, latents)
 
 
 def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: TrainVAEConfig) -> tuple[torch.Tensor, dict]:
@@ -316,7 +307,7 @@ def train_and_save(cfg: DictConfig) -> dict:
         "out": str(args.out),
         "wall_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in vae.parameters()),
-        "encoder_parameters": sum(p.numel() for p in vae.encoder.parameters()) + sum(p.numel() for p in vae.quant_conv.parameters()),
+        "encoder_parameters": wan.vae_encoder_parameters(vae),
         "encode_seconds_17x128x128": round(encode_seconds(vae), 4),
         "eval_split": args.eval_split,
         **evaluate(vae, [s for s in load_split(directory, args.eval_split) if s.meta.get("kind") == "video"], args.eval_clips),
