@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -187,7 +186,7 @@ class RunSummary(L.Callback):
 
 
 
-class ClipWriter(BasePredictionWriter):
+class ClipWriter(L.Callback):
     """Writes what ``trainer.predict`` generates, clip by clip, on every rank (each writes its share).
 
     ``DIR/<name>/KEY/frame_NNNN.png``: the generated clip, lossless, scored by
@@ -198,16 +197,15 @@ class ClipWriter(BasePredictionWriter):
     """
 
     def __init__(self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12):
-        super().__init__(write_interval="batch")
         self.directory = Path(directory)
         self.name = name
         self.targets = targets
         self.grids = grids
         self.fps = fps
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: dict, batch_idx: int, dataloader_idx: int) -> None:
-        generated = prediction["generated"].float().cpu()
-        for index, key in enumerate(prediction["key"]):
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        generated = outputs["generated"].float().cpu()
+        for index, key in enumerate(outputs["key"]):
             write_frames(self.directory / self.name / key, frames_uint8(generated[index]))
             if self.targets:
                 self.write_target(batch, index, key)
