@@ -3,7 +3,6 @@ the share of training samples that realise each CFG level."""
 
 import pytest
 import torch
-from tiny_systems import ADAMW, fake_batch, frameprompt, tiny_backbone, unianimate
 from torch import nn
 
 from animate.backbone import PackedInput
@@ -11,6 +10,8 @@ from animate.flow import guided_velocity
 from animate.methods.base import FlowPair, LatentSequence
 from animate.methods.frameprompt import FramePrompt
 from animate.methods.unianimate import first_frame_mask
+
+from tiny_systems import ADAMW, fake_batch, frameprompt, tiny_backbone, unianimate
 
 
 def random_x_t(seq: LatentSequence, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

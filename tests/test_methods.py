@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, tiny_backbone, unianimate
 
 from animate.backbone import build_transformer, expand_patch_embedding
 from animate.lora import merged_state_dict
 from animate.methods.base import LatentSequence, video_pixels
 from animate.methods.frameprompt import context_causal_mask
 from animate.methods.unianimate import UniAnimate
+
+from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, tiny_backbone, unianimate
 
 
 @pytest.mark.parametrize("make", [unianimate, frameprompt])

@@ -8,6 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from animate.callbacks import ClipWriter
+
 from tiny_systems import fake_batch, frameprompt
 
 
