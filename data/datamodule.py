@@ -279,12 +279,16 @@ class SamplePreparer:
         return torch.from_numpy(render_pose(keypoints, height, width, conf_threshold=self.pose_conf_threshold))
 
     def cache_key(self, sample: Sample, plan: BucketPlan, source: Sample, reference_index: int) -> str:
-        """Unique id of (sample, window start/stride/frames, crop box, size, reference): the latent cache key."""
+        """Unique id of (sample content, window start/stride/frames, crop box, size, reference): the latent cache key.
+
+        The samples' content digests are part of it, so latents of a regenerated or re-prepared
+        dataset never mix with stale ones cached under the same sample keys.
+        """
         indices = plan.frame_indices
         stride = int(indices[1] - indices[0]) if len(indices) > 1 else 1
         box = ",".join(str(value) for value in plan.box)
-        return (f"{sample.key}|start{int(indices[0])}|stride{stride}|frames{len(indices)}|crop{box}"
-                f"|size{plan.size[0]}x{plan.size[1]}|ref{source.key}:{reference_index}")
+        return (f"{sample.key}@{sample.digest}|start{int(indices[0])}|stride{stride}|frames{len(indices)}|crop{box}"
+                f"|size{plan.size[0]}x{plan.size[1]}|ref{source.key}@{source.digest}:{reference_index}")
 
 
 COUNT_MINIMUMS = {"batch_size": 1, "num_workers": 0, "frame_stride": 1, "epoch_batches": 1, "val_samples": 1}

@@ -10,6 +10,7 @@ URLs; a sample that cannot be decoded raises :class:`BadSample`, which pipelines
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -46,6 +47,7 @@ class Sample:
     keypoints: np.ndarray
     meta: dict = field(default_factory=dict)
     person_mask: np.ndarray | None = None  # bool (T, H, W)
+    digest: str = ""  # of the encoded media and keypoints, set when read from a shard: regenerated data gets new latent-cache keys
 
 
 class BadSample(Exception):
@@ -404,7 +406,8 @@ def decode_sample(raw: dict) -> Sample:
     if frames.shape[1:3] != (meta["height"], meta["width"]):
         raise BadSample("bad_metadata", key, url, f"frames are {frames.shape[2]}x{frames.shape[1]}, metadata says {meta['width']}x{meta['height']}")
     mask = _decode_mask(raw["mask.npy"], frames, key, url) if "mask.npy" in raw else None
-    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=mask)
+    digest = hashlib.sha1(raw[media] + raw["pose.npy"]).hexdigest()[:12]
+    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=mask, digest=digest)
 
 
 def _check_local(path: str) -> None:

@@ -69,6 +69,13 @@ def test_train_batches_follow_the_contract(dataset):
         assert len(batch["key"]) == len(batch["cache_key"]) == b
 
 
+def test_cache_key_names_the_samples_content(dataset):
+    batch = next(iter(make_module(dataset).val_dataloader()))
+    for key, cache_key in zip(batch["key"], batch["cache_key"]):
+        name, digest = cache_key.split("|")[0].split("@")
+        assert name == key and len(digest) == 12
+
+
 def test_cache_key_identifies_the_pixels(dataset):
     batches = train_batches(make_module(dataset, epoch_batches=8, frame_buckets=[5], resolutions={64: 1.0}))
     samples = [(key, video, reference) for batch in batches
@@ -151,7 +158,8 @@ def test_heldout_image_pairs_reference_their_partner(dataset):
     assert batch["key"][0].endswith("-a") and batch["key"][1].endswith("-b")
     torch.testing.assert_close(batch["reference"][0], batch["video"][1, :, 0])
     torch.testing.assert_close(batch["reference"][1], batch["video"][0, :, 0])
-    assert batch["cache_key"][0].endswith(f"|ref{batch['key'][1]}:0")
+    partner = batch["cache_key"][1].split("|")[0]  # the partner's key@digest
+    assert batch["cache_key"][0].endswith(f"|ref{partner}:0")
     test_keys = [key for batch in module.test_dataloader() for key in batch["key"]]
     assert len(test_keys) == 2 and all(key.startswith("test-") and "-clip" in key for key in test_keys)
 

@@ -228,3 +228,14 @@ def test_manifest_round_trip_and_missing_manifest_says_how_to_make_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["manifest.json"]
     with pytest.raises(FileNotFoundError, match=r"python -m data.synthetic out=.*elsewhere"):
         read_manifest(tmp_path / "elsewhere")
+
+
+def test_the_digest_tells_regenerated_content_apart_under_the_same_key():
+    def digest(sample):
+        return decode_sample({"__key__": sample.key, "__url__": "mem", **encode_sample(sample)}).digest
+
+    first, same, changed = _sample("clip", phase=0.0), _sample("clip", phase=0.0), _sample("clip", phase=1.0)
+    assert digest(first) == digest(same) != digest(changed)
+    moved = _sample("clip")
+    moved.keypoints[..., 0] += 1  # every x one pixel to the right
+    assert digest(moved) != digest(first)  # new keypoints render other pose maps: other latents
