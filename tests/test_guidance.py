@@ -1,6 +1,8 @@
 """The shared loop's contracts: per-level conditioning under CFG, the flow pair a method owns, and
 the share of training samples that realise each CFG level."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
@@ -189,3 +191,20 @@ def test_generate_applies_the_hold_rule_a_method_defines():
     system.generate(fake_batch())
     first_target = 3  # [reference | 2 pose | 2 target] latent frames
     assert len(seen) == 3 and all(torch.all(x[:, :, first_target] == 0.25) for x in seen)
+
+
+@dataclass
+class RestorativeSequence(LatentSequence):
+    """A method's own per-sample field (EverAnimate's perturbed target, say)."""
+
+    perturbed: torch.Tensor | None = None
+
+
+def test_a_sequence_subclass_keeps_its_type_and_batches_its_fields():
+    def sequence(value):
+        return RestorativeSequence(torch.full((1, 2, 1, 2, 2), value), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, 1, 2, 2), slice(0, 1),
+                                   perturbed=torch.full((1, 2, 1, 2, 2), -value))
+
+    joined = LatentSequence.cat([sequence(1.0), sequence(2.0)])
+    assert type(joined) is RestorativeSequence
+    assert joined.perturbed[:, 0, 0, 0, 0].tolist() == [-1.0, -2.0] and joined.clean[:, 0, 0, 0, 0].tolist() == [1.0, 2.0]
