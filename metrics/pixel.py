@@ -1,4 +1,4 @@
-"""Pixel metrics that need no weight files: PSNR, masked PSNR, F-PSNR (face PSNR) and SSIM."""
+"""Pixel metrics that need no weight files: PSNR, masked PSNR, F-PSNR (face PSNR), SSIM and masked SSIM."""
 
 from __future__ import annotations
 
@@ -96,10 +96,10 @@ def gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def ssim_from_moments(
+def ssim_map_from_moments(
     moments: torch.Tensor, channels: int, data_range: float, covariance_scale: float
 ) -> torch.Tensor:
-    """Mean SSIM ``(N,)`` from filtered ``[x, y, xx, yy, xy]`` stacked on channels ``(N, 5C, h, w)``."""
+    """SSIM map ``(N, C, h, w)`` from filtered ``[x, y, xx, yy, xy]`` stacked on channels ``(N, 5C, h, w)``."""
     mu_x, mu_y, xx, yy, xy = moments.split(channels, dim=1)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
@@ -108,7 +108,14 @@ def ssim_from_moments(
     cov_xy = covariance_scale * (xy - mu_x * mu_y)
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
     denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    return (numerator / denominator).flatten(1).mean(dim=1)
+    return numerator / denominator
+
+
+def ssim_from_moments(
+    moments: torch.Tensor, channels: int, data_range: float, covariance_scale: float
+) -> torch.Tensor:
+    """Mean SSIM ``(N,)`` from filtered ``[x, y, xx, yy, xy]`` stacked on channels ``(N, 5C, h, w)``."""
+    return ssim_map_from_moments(moments, channels, data_range, covariance_scale).flatten(1).mean(dim=1)
 
 
 def check_window(frames: torch.Tensor, window: int) -> None:
@@ -117,12 +124,8 @@ def check_window(frames: torch.Tensor, window: int) -> None:
         raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(frames.shape[-2:])}")
 
 
-def ssim_gaussian(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM ``(N,)``: Gaussian window 11 / sigma 1.5 per RGB channel, valid region, data range 1.
-
-    Equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1, channel_axis=...)``; computed in float64.
-    """
+def ssim_gaussian_map(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM map ``(N, 3, H - 10, W - 10)`` of :func:`ssim_gaussian` (the valid region: 5 pixels cropped per side)."""
     check_window(generated, 11)
     x, y = generated.double(), target.double()
     stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 15, H, W)
@@ -130,7 +133,28 @@ def ssim_gaussian(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     groups = stacked.shape[1]
     filtered = F.conv2d(stacked, kernel.view(1, 1, 1, -1).expand(groups, 1, 1, -1), groups=groups)
     filtered = F.conv2d(filtered, kernel.view(1, 1, -1, 1).expand(groups, 1, -1, 1), groups=groups)
-    return ssim_from_moments(filtered, channels=x.shape[1], data_range=1.0, covariance_scale=1.0)
+    return ssim_map_from_moments(filtered, channels=x.shape[1], data_range=1.0, covariance_scale=1.0)
+
+
+def ssim_gaussian(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM ``(N,)``: Gaussian window 11 / sigma 1.5 per RGB channel, valid region, data range 1.
+
+    Equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=...)``; computed in float64.
+    """
+    return ssim_gaussian_map(generated, target).flatten(1).mean(dim=1)
+
+
+def masked_frame_ssim(generated: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Gaussian SSIM ``(N,)`` averaged over the window centres where ``mask (N, H, W)`` is True; NaN for an empty mask.
+
+    The map covers the valid region (window centres at least 5 pixels inside the frame), so the
+    mask is cropped alike; with an all-True mask this is :func:`ssim_gaussian`.
+    """
+    ssim_map = ssim_gaussian_map(generated, target).mean(dim=1)  # (N, h, w), channels averaged
+    half = (generated.shape[-1] - ssim_map.shape[-1]) // 2  # 5 for the 11-pixel window
+    weight = mask[:, half : mask.shape[1] - half, half : mask.shape[2] - half].to(torch.float64)
+    return (ssim_map * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1)  # NaN where the mask is empty
 
 
 def gray_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -175,3 +199,17 @@ class SSIM(FrameMetric):
     def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
         """Per-frame SSIM."""
         return SSIM_MODES[self.mode](generated, target)
+
+
+class MaskedSSIM(FrameMetric):
+    """SSIM (Gaussian window) inside the boolean person mask ``(B, T, H, W)``; frames with an empty mask are skipped."""
+
+    name = "ssim_mask"
+    skip_keys = ("skipped_frames", "skipped_clips")
+    higher_is_better = True
+
+    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+        """Per-frame SSIM inside the mask."""
+        if person_mask is None:
+            raise ValueError("ssim_mask needs person_mask (B, T, H, W) bool")
+        return masked_frame_ssim(generated, target, person_mask.bool())

@@ -23,13 +23,14 @@ from torchmetrics import Metric
 from metrics.base import ClipMetric
 from metrics.frechet import FID, FIDVID, FVD
 from metrics.perceptual import LPIPS
-from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR
+from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, MaskedSSIM
 from metrics.vmae import VMAE
 
 METRICS: dict[str, type[Metric]] = {
     "psnr": PSNR,
     "ssim": SSIM,
     "psnr_mask": MaskedPSNR,
+    "ssim_mask": MaskedSSIM,
     "fpsnr": FacePSNR,
     "lpips": LPIPS,
     "fid": FID,
@@ -76,8 +77,8 @@ class MetricSuite(nn.Module):
 
     @property
     def needs_person_mask(self) -> bool:
-        """Whether ``update`` needs ``person_mask`` (masked PSNR)."""
-        return any(isinstance(m, MaskedPSNR) for m in self.metrics.values())
+        """Whether ``update`` needs ``person_mask`` (masked PSNR and SSIM)."""
+        return any(isinstance(m, (MaskedPSNR, MaskedSSIM)) for m in self.metrics.values())
 
     def update(
         self,

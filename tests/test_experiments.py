@@ -53,7 +53,7 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "heldout.json").read_text())
     assert set(report["overall"]) == {"trained", "untrained", "repeat_reference"} and report["clips"] == 1
-    assert all(set(values) == {"psnr", "psnr_mask"} for values in report["overall"].values())
+    assert all(set(values) == {"psnr", "psnr_mask", "ssim_mask"} for values in report["overall"].values())
     for model in report["overall"]:  # every model went through trainer.predict and the clip writer
         assert len(list((out / model).glob("*/frame_*.png"))) == 5
         assert len(list((out / "grids" / model).glob("*.mp4"))) == 1

@@ -1,4 +1,4 @@
-"""PSNR, masked PSNR, F-PSNR and SSIM against closed forms and scikit-image."""
+"""PSNR, masked PSNR, F-PSNR, SSIM and masked SSIM against closed forms and scikit-image."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from metrics.faces import face_boxes
-from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, ssim_disco, ssim_gaussian
+from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, MaskedSSIM, masked_frame_ssim, ssim_disco, ssim_gaussian
 
 
 def textured(seed: int, shape=(2, 3, 4, 40, 48)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +142,34 @@ def test_masked_psnr_sees_only_the_mask_and_skips_empty_frames():
     assert result["skipped_frames"].item() == 1
     with pytest.raises(ValueError, match="person_mask"):
         MaskedPSNR().update(generated, target)
+
+
+def test_masked_ssim_is_skimage_s_map_averaged_inside_the_mask():
+    generated, target = textured(3, shape=(1, 3, 1, 40, 48))
+    mask = torch.zeros(1, 40, 48, dtype=torch.bool)
+    mask[:, 8:30, 12:40] = True
+    _, full_map = structural_similarity(
+        generated[0, :, 0].permute(1, 2, 0).double().numpy(), target[0, :, 0].permute(1, 2, 0).double().numpy(),
+        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1, full=True,
+    )  # (H, W, 3), the border of 5 pixels padded
+    expected = full_map.mean(axis=-1)[mask[0].numpy()].mean()  # the mask lies inside the valid region here
+    got = masked_frame_ssim(generated[:, :, 0], target[:, :, 0], mask)
+    assert got.item() == pytest.approx(expected, abs=1e-10)
+
+
+def test_masked_ssim_with_a_full_mask_is_ssim_and_skips_empty_frames():
+    generated, target = textured(4, shape=(2, 3, 3, 32, 32))
+    full = torch.ones(2, 3, 32, 32, dtype=torch.bool)
+    frames = lambda video: video.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W)
+    torch.testing.assert_close(masked_frame_ssim(frames(generated), frames(target), full.flatten(0, 1)), ssim_gaussian(frames(generated), frames(target)))
+    identical = MaskedSSIM()
+    mask = full.clone()
+    mask[:, 2] = False  # one empty frame per clip
+    identical.update(target, target, person_mask=mask)
+    result = identical.compute()
+    assert result["ssim_mask"].item() == pytest.approx(1.0) and result["skipped_frames"].item() == 2
+    with pytest.raises(ValueError, match="person_mask"):
+        MaskedSSIM().update(generated, target)
 
 
 def test_face_box_follows_wan_animate_rule():
