@@ -46,18 +46,29 @@ class PSNR(FrameMetric):
         return frame_psnr(generated, target)
 
 
-class MaskedPSNR(FrameMetric):
-    """PSNR inside the boolean person mask ``(B, T, H, W)``; frames with an empty mask are skipped."""
+class MaskedFrameMetric(FrameMetric):
+    """A per-frame value over the pixels of the boolean person mask ``(B, T, H, W)``; frames with an empty mask are skipped."""
 
-    name = "psnr_mask"
     skip_keys = ("skipped_frames", "skipped_clips")
     higher_is_better = True
 
+    @staticmethod
+    def masked_value(generated: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-frame value ``(N,)`` inside ``mask (N, H, W)``, NaN for an empty mask."""
+        raise NotImplementedError
+
     def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
-        """Per-frame PSNR inside the mask."""
+        """Per-frame value inside the mask."""
         if person_mask is None:
-            raise ValueError("psnr_mask needs person_mask (B, T, H, W) bool")
-        return masked_frame_psnr(generated, target, person_mask.bool())
+            raise ValueError(f"{self.name} needs person_mask (B, T, H, W) bool")
+        return self.masked_value(generated, target, person_mask.bool())
+
+
+class MaskedPSNR(MaskedFrameMetric):
+    """PSNR inside the person mask (:func:`masked_frame_psnr`)."""
+
+    name = "psnr_mask"
+    masked_value = staticmethod(masked_frame_psnr)
 
 
 class FacePSNR(FrameMetric):
@@ -201,15 +212,8 @@ class SSIM(FrameMetric):
         return SSIM_MODES[self.mode](generated, target)
 
 
-class MaskedSSIM(FrameMetric):
-    """SSIM (Gaussian window) inside the boolean person mask ``(B, T, H, W)``; frames with an empty mask are skipped."""
+class MaskedSSIM(MaskedFrameMetric):
+    """SSIM (Gaussian window) inside the person mask (:func:`masked_frame_ssim`)."""
 
     name = "ssim_mask"
-    skip_keys = ("skipped_frames", "skipped_clips")
-    higher_is_better = True
-
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
-        """Per-frame SSIM inside the mask."""
-        if person_mask is None:
-            raise ValueError("ssim_mask needs person_mask (B, T, H, W) bool")
-        return masked_frame_ssim(generated, target, person_mask.bool())
+    masked_value = staticmethod(masked_frame_ssim)
