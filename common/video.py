@@ -59,12 +59,17 @@ def encode_video(frames: np.ndarray, fps: float) -> bytes:
     even (refused otherwise, so the same data also encodes as yuv420p).
     """
     _even_size(frames)
+    return h264_bytes(frames, fps, SHARD_VIDEO_PIXEL_FORMAT, {"crf": str(SHARD_VIDEO_CRF), "preset": SHARD_VIDEO_PRESET})
+
+
+def h264_bytes(frames: np.ndarray, fps: float, pixel_format: str, options: dict[str, str]) -> bytes:
+    """uint8 ``(T, H, W, 3)`` with even H and W -> libx264 in an in-memory mp4."""
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = SHARD_VIDEO_PIXEL_FORMAT
-        stream.options = {"crf": str(SHARD_VIDEO_CRF), "preset": SHARD_VIDEO_PRESET}
+        stream.pix_fmt = pixel_format
+        stream.options = options
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -87,16 +92,7 @@ def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
     """uint8 (T, H, W, 3) -> H.264 yuv420p mp4 bytes (sizes padded to even)."""
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "16"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
+    return h264_bytes(frames, fps, "yuv420p", {"crf": "16"})
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
