@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def score(cfg: DictConfig, out: Path, model: str) -> dict[str, float]:
-    """PSNR and masked PSNR of ``out/<model>`` against ``out/target`` (reports in ``out/scores/<model>``)."""
+    """The whole-clip summary (clip count, ``cfg.metrics``) of ``out/<model>`` against ``out/target`` (reports in ``out/scores/<model>``)."""
     eval_cfg = OmegaConf.create(
         {
             "generated": str(out / model),
@@ -39,7 +39,7 @@ def score(cfg: DictConfig, out: Path, model: str) -> dict[str, float]:
         }
     )
     _, summary = run_evaluation(eval_cfg, out / "scores" / model)
-    return {name: summary["full"][name] for name in cfg.metrics.names}
+    return summary["full"]
 
 
 def generate(cfg: DictConfig) -> dict | None:
@@ -55,12 +55,13 @@ def generate(cfg: DictConfig) -> dict | None:
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)
     if not end_distributed(trainer):
         return None
-    overall = {model: score(cfg, out, model) for model in cfg.models}
+    summaries = {model: score(cfg, out, model) for model in cfg.models}
+    overall = {model: {name: summary[name] for name in cfg.metrics.names} for model, summary in summaries.items()}
     report = {
         "ckpt": str(cfg.ckpt),
         "global_step": checkpoint.get("global_step"),
         "split": cfg.split,
-        "clips": len(list((out / "target").glob("*/"))),
+        "clips": summaries[cfg.models[0]]["clips"],
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "overall": overall,
     }
