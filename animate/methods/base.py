@@ -235,14 +235,6 @@ class AnimationSystem(L.LightningModule):
         active = self.guidance_levels[level]
         return {name: torch.full((batch_size,), name not in active, device=self.device) for name in self.conditions}
 
-    def level_of(self, drops: dict[str, Tensor]) -> Tensor:
-        """(B,) the CFG level each sample's drops realise, -1 where they realise none."""
-        levels = torch.full_like(next(iter(drops.values()), torch.zeros(0)), -1, dtype=torch.long)
-        for level in range(len(self.guidance_levels)):
-            match = torch.stack([drops[n] == want for n, want in self.level_drops(level, len(levels)).items()]).all(0)
-            levels = torch.where(match & (levels < 0), level, levels)
-        return levels
-
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """The flow-matching loss of one batch (fixed t, noise and full conditions with ``generator``)."""
         latents = self.encode(batch, self.latent_inputs(training=True))
