@@ -57,12 +57,6 @@ class PackedInput:
     branch_inputs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) per-sample branch inputs
     context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
 
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        """Token grid (f, h, w) for patch (1, 2, 2)."""
-        _, _, f, h, w = self.latents.shape
-        return f, h // WAN.patch_space, w // WAN.patch_space
-
 
 def rotary_embedding(rope: nn.Module, frame_ids: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Wan 3D RoPE cos/sin (B, L, 1, head_dim) for a token grid with explicit frame indices."""
@@ -115,6 +109,16 @@ def block_forward(
     return gated(hidden_states, wan.feed_forward(block, norm_hidden_states), c_gate)
 
 
+def compression_of(transformer: nn.Module, vae: VideoAutoencoder | None = None) -> Compression:
+    """The pixel -> latent -> token compression of a transformer and VAE (Wan's 8x VAE when there is none)."""
+    pt, ph, pw = wan.patch_size(transformer)
+    if ph != pw:
+        raise ValueError(f"transformer patch_size {[pt, ph, pw]}: the framework needs square spatial patches")
+    if vae is None:
+        return Compression(vae_time=WAN.vae_time, vae_space=WAN.vae_space, patch_time=pt, patch_space=ph)
+    return Compression(vae_time=vae.time_compression, vae_space=vae.space_compression, patch_time=pt, patch_space=ph)
+
+
 class WanBackbone(nn.Module):
     """Wan transformer (+ optional VAE) with the packed forward every method uses."""
 
@@ -124,12 +128,12 @@ class WanBackbone(nn.Module):
         vae: VideoAutoencoder | None = None,
         text_embedding: Tensor | None = None,
         gradient_checkpointing: bool = False,
-        compression: Compression = WAN,
+        compression: Compression | None = None,
     ):
         super().__init__()
         self.transformer = transformer
         self.vae = vae
-        self.compression = compression
+        self.compression = compression or compression_of(transformer, vae)
         self.gradient_checkpointing = gradient_checkpointing
         if text_embedding is None:
             text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
@@ -175,7 +179,7 @@ class WanBackbone(nn.Module):
     def forward(self, packed: PackedInput) -> Tensor:
         """Velocity (B, C_out, F, h, w) for a packed input."""
         b, _, f, h, w = packed.latents.shape
-        gf, gh, gw = packed.grid
+        gf, gh, gw = self.grid(packed.latents)
         frame_ids = packed.frame_ids
         if frame_ids is None:
             frame_ids = torch.arange(f, device=packed.latents.device).expand(b, f)
@@ -190,6 +194,12 @@ class WanBackbone(nn.Module):
                 hidden_states = block_forward(*args)
             hidden_states = self._inject(hidden_states, packed, index)
         return self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
+
+    def grid(self, latents: Tensor) -> tuple[int, int, int]:
+        """Token grid (f, h, w) of latents (B, C, F, H, W) under the transformer's patch size."""
+        pt, ph, pw = wan.patch_size(self.transformer)
+        _, _, f, h, w = latents.shape
+        return f // pt, h // ph, w // pw
 
     @staticmethod
     def _inject(hidden_states: Tensor, packed: PackedInput, index: int) -> Tensor:
@@ -227,6 +237,16 @@ class VideoAutoencoder(nn.Module):
         """Latent channels (16 for Wan2.1)."""
         return self.vae.config.z_dim
 
+    @property
+    def space_compression(self) -> int:
+        """Pixels per latent side (Wan2.1: 8)."""
+        return int(self.vae.config.scale_factor_spatial or 2 ** len(self.vae.config.temperal_downsample))
+
+    @property
+    def time_compression(self) -> int:
+        """Pixel frames per latent frame after the first (Wan: 4)."""
+        return int(self.vae.config.scale_factor_temporal or 2 ** sum(self.vae.config.temperal_downsample))
+
     @torch.no_grad()
     def fingerprint(self) -> str:
         """A hash of the weights and config: latent caches are valid for this VAE only."""
@@ -238,7 +258,7 @@ class VideoAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> normalised posterior mean (B, z, 1 + (T-1)/4, H/8, W/8)."""
+        """(B, 3, T, H, W) in [-1, 1] -> normalised posterior mean (B, z, 1 + (T-1)/4, H/s, W/s), s the spatial compression."""
         WAN.check_frames(video.shape[2])
         dtype = next(self.vae.parameters()).dtype
         mean = self.vae.encode(video.to(dtype)).latent_dist.mode()

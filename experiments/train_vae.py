@@ -68,6 +68,7 @@ class TrainVAEConfig:
     base_dim: int
     decoder_base_dim: int
     dim_mult: list[int]
+    temporal_downsample: list[bool]
     num_res_blocks: int
     eval_split: str
     eval_clips: int | None
@@ -83,8 +84,13 @@ class TrainVAEConfig:
             raise ValueError(f"train_frames={self.train_frames}: must be frame counts 1 + {WAN.vae_time}k (1, 5, 9, 17, ...)")
         if self.posterior not in ("sample", "mean"):
             raise ValueError(f"posterior={self.posterior}: must be one of sample, mean")
-        if len(self.dim_mult) != 4:
-            raise ValueError(f"dim_mult={self.dim_mult}: needs 4 entries, one per level")
+        if len(self.dim_mult) < 2:
+            raise ValueError(f"dim_mult={self.dim_mult}: needs an entry per level, at least 2 (spatial compression 2 ** (levels - 1))")
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1 or sum(self.temporal_downsample) != 2:
+            raise ValueError(
+                f"temporal_downsample={self.temporal_downsample}: needs one entry per downsampling level "
+                f"({len(self.dim_mult) - 1}), two of them true (Wan's 4x causal time)"
+            )
 
 
 def settings(overrides: list[str] = ()) -> TrainVAEConfig:
@@ -108,7 +114,8 @@ def build_vae(args: TrainVAEConfig) -> AutoencoderKLWan:
         z_dim=16,
         dim_mult=list(args.dim_mult),
         num_res_blocks=args.num_res_blocks,
-        temperal_downsample=[False, True, True],
+        temperal_downsample=list(args.temporal_downsample),
+        scale_factor_spatial=2 ** (len(args.dim_mult) - 1),
     )
     with torch.no_grad():
         wan.vae_posterior_logvar_bias(vae).fill_(INITIAL_LOGVAR)

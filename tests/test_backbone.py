@@ -144,3 +144,31 @@ def test_unsupported_diffusers_is_one_clear_error():
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     pinned = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("diffusers")]
     assert [r.specifier for r in pinned] == [SUPPORTED_DIFFUSERS]  # the pin and the adapter's check agree
+
+
+def test_compression_comes_from_the_vae_and_the_patch_size():
+    from diffusers import AutoencoderKLWan
+
+    from animate.backbone import VideoAutoencoder, compression_of
+    from animate.modules.pose_encoders import ReferencePoseEncoder
+
+    torch.manual_seed(0)
+    model = build_transformer(**(ARCH | {"patch_size": [1, 4, 4]}))
+    vae = VideoAutoencoder(AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=0,
+                                            temperal_downsample=[True, True], scale_factor_spatial=4))
+    compression = WanBackbone(model, vae, torch.randn(1, 5, 16)).compression
+    assert (compression.vae_time, compression.vae_space, compression.patch_space, compression.token_space) == (4, 4, 4, 16)
+    assert compression.token_grid(9, 64, 32) == (3, 4, 2) and compression.latent_size(64, 32) == (16, 8)
+    assert vae.encode(torch.zeros(1, 3, 5, 32, 16)).shape == (1, 4, 2, 8, 4)
+    assert ReferencePoseEncoder(compression=compression)(torch.zeros(1, 3, 32, 16)).shape == (1, 20, 1, 8, 4)
+    assert compression_of(build_transformer(**ARCH)).vae_space == 8  # no VAE: Wan2.1's 8x
+    with pytest.raises(ValueError, match="square spatial patches"):
+        compression_of(build_transformer(**(ARCH | {"patch_size": [1, 2, 4]})))
+
+
+def test_a_packed_forward_with_4x4_patches_keeps_the_latent_shape():
+    torch.manual_seed(0)
+    backbone = WanBackbone(build_transformer(**(ARCH | {"patch_size": [1, 4, 4]})).eval(), None, torch.randn(1, 5, 16))
+    latents = torch.randn(2, 4, 3, 16, 8)
+    velocity = backbone(PackedInput(latents=latents, t=torch.full((2, 3), 0.5)))
+    assert velocity.shape == latents.shape

@@ -62,6 +62,16 @@ def test_size_must_be_multiples_of_16_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and error == "error: size=[60, 128]: need [MIN, MAX], multiples of 16 with 16 <= MIN <= MAX\n"
     with pytest.raises(ValueError, match="size="):
         settings(["out=unused", "size=[64]"])
+    with pytest.raises(ValueError, match=r"temporal_downsample=\[False, True, True\]: needs one entry per downsampling level \(2\)"):
+        settings(["out=unused", "dim_mult=[1,1,1]"])
+
+
+def test_a_4x_spatial_vae_builds_from_three_levels():
+    from experiments.train_vae import build_vae
+
+    vae = build_vae(settings(["out=unused", "dim_mult=[1,1,1]", "temporal_downsample=[true,true]"]))
+    assert vae.spatial_compression_ratio == 4
+    assert vae.encode(torch.zeros(2, 3, 5, 32, 32)).latent_dist.mean.shape == (2, 16, 2, 8, 8)
 
 
 def test_default_data_is_the_training_configs_puppets(monkeypatch, tmp_path):

@@ -69,11 +69,12 @@ class ReferencePoseEncoder(nn.Module):
 
     def __init__(self, out_channels: int = 20, channels: int = 16, zero_init: bool = True, compression: Compression = WAN):
         super().__init__()
-        if compression.vae_space != 8:
-            raise ValueError("ReferencePoseEncoder is built for an 8x spatial VAE")
+        halvings = compression.vae_space.bit_length() - 1
+        if compression.vae_space != 2**halvings or not 1 <= halvings <= 6:
+            raise ValueError(f"ReferencePoseEncoder needs a VAE whose spatial compression is a power of 2 up to 64, got {compression.vae_space}")
         layers: list[nn.Module] = []
         c_in = 3
-        for stride in (1, 1, 1, 2, 2):
+        for stride in [1] * (6 - halvings) + [2] * (halvings - 1):  # Wan's 8x: (1, 1, 1, 2, 2), then proj_out halves again
             layers += [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1), nn.SiLU()]
             c_in = channels
         self.features = nn.Sequential(*layers)
@@ -83,5 +84,5 @@ class ReferencePoseEncoder(nn.Module):
             nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, reference_pose: Tensor) -> Tensor:
-        """Pose image (B, 3, H, W) in [-1, 1] -> (B, out_channels, 1, H/8, W/8)."""
+        """Pose image (B, 3, H, W) in [-1, 1] -> (B, out_channels, 1, h, w) on the latent grid (H/8, W/8 for Wan)."""
         return self.proj_out(self.features(reference_pose)).unsqueeze(2)
