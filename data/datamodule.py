@@ -70,7 +70,7 @@ from data.masks import region_weights
 from data.shards import URL_SCHEME, BadSampleCounter, Sample, decode_sample, read_manifest
 from data.synthetic import SyntheticConfig, ensure_dataset
 
-PIXEL_KEYS = ("video", "pose", "reference", "reference_pose")
+PIXEL_KEYS = ("video", "pose", "reference", "reference_pose", "plate")
 REFERENCE_POLICIES = ("random", "first")
 PAIR_KEY = "__pair__"
 IMAGE_SHARD_PREFIX = "images-"
@@ -259,6 +259,11 @@ class SamplePreparer:
             person_mask = crop_resize_masks(sample.person_mask[plan.frame_indices], plan.box, plan.size)
         else:
             person_mask = torch.ones(len(plan.frame_indices), height, width, dtype=torch.bool)
+        has_plate = sample.plate is not None
+        if has_plate:
+            plate = crop_resize_frames(sample.plate[None], plan.box, plan.size)[0]
+        else:
+            plate = torch.zeros(3, height, width, dtype=torch.uint8)
         return {
             "video": frames.permute(1, 0, 2, 3),  # uint8 (3, T, H, W)
             "pose": self.render(keypoints, height, width).permute(3, 0, 1, 2),  # uint8 (3, T, H, W)
@@ -270,6 +275,8 @@ class SamplePreparer:
                                           self.pose_conf_threshold),  # (F, h, w)
             "person_mask": person_mask,  # bool (T, H, W)
             "has_person_mask": has_mask,
+            "plate": plate,  # uint8 (3, H, W): the scene without the person, cropped like the frames
+            "has_plate": has_plate,
             "key": sample.key,
             "cache_key": self.cache_key(sample, plan, source, reference_index),
         }

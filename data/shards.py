@@ -47,6 +47,7 @@ class Sample:
     keypoints: np.ndarray
     meta: dict = field(default_factory=dict)
     person_mask: np.ndarray | None = None  # bool (T, H, W)
+    plate: np.ndarray | None = None  # uint8 (H, W, 3): the static scene without the person (synthetic data knows it)
     digest: str = ""  # of the encoded media and keypoints, set when read from a shard: regenerated data gets new latent-cache keys
 
 
@@ -56,10 +57,10 @@ class BadSample(Exception):
     truncated: the tar ends inside a sample; unreadable_video: the mp4/png does not decode;
     missing_key: no key or a required member (json, pose.npy, mp4/png) is absent;
     frame_count_mismatch: video, keypoints, mask and ``num_frames`` disagree; bad_keypoints,
-    bad_metadata, bad_mask: that member does not parse or has the wrong shape/type/range.
+    bad_metadata, bad_mask, bad_plate: that member does not parse or has the wrong shape/type/range.
     """
 
-    REASONS = ("truncated", "unreadable_video", "missing_key", "frame_count_mismatch", "bad_keypoints", "bad_metadata", "bad_mask")
+    REASONS = ("truncated", "unreadable_video", "missing_key", "frame_count_mismatch", "bad_keypoints", "bad_metadata", "bad_mask", "bad_plate")
 
     def __init__(self, reason: str, key: str, url: str, detail: str = ""):
         """Raise ValueError for an unknown reason (counts are keyed by it)."""
@@ -222,10 +223,12 @@ def _check_writable(sample: Sample) -> None:
         raise ValueError(f"{where}: an image sample has exactly one frame, got {len(frames)}")
     if sample.person_mask is not None and sample.person_mask.shape != frames.shape[:3]:
         raise ValueError(f"{where}: person mask {sample.person_mask.shape} does not match frames {frames.shape[:3]}")
+    if sample.plate is not None and (sample.plate.shape != frames.shape[1:] or sample.plate.dtype != np.uint8):
+        raise ValueError(f"{where}: plate {sample.plate.dtype} {sample.plate.shape} does not match uint8 frames {frames.shape[1:]}")
 
 
 def encode_sample(sample: Sample) -> dict:
-    """A sample -> the webdataset dict of member bytes (``__key__``, ``mp4``/``png``, ``pose.npy``, ``json``, ``mask.npy``)."""
+    """A sample -> the webdataset dict of member bytes (``__key__``, ``mp4``/``png``, ``pose.npy``, ``json``, ``mask.npy``, ``plate.png``)."""
     _check_writable(sample)
     raw = {
         "__key__": sample.key,
@@ -238,6 +241,8 @@ def encode_sample(sample: Sample) -> dict:
         raw["png"] = _png_bytes(sample.frames[0])
     if sample.person_mask is not None:
         raw["mask.npy"] = _npy_bytes(np.packbits(sample.person_mask.astype(bool), axis=-1))
+    if sample.plate is not None:
+        raw["plate.png"] = _png_bytes(sample.plate)
     return raw
 
 
@@ -383,11 +388,22 @@ def _decode_mask(data: bytes, frames: np.ndarray, key: str, url: str) -> np.ndar
     return np.unpackbits(packed, axis=-1, count=width).astype(bool)
 
 
+def _decode_plate(data: bytes, frames: np.ndarray, key: str, url: str) -> np.ndarray:
+    """``plate.png`` bytes -> uint8 (H, W, 3) matching the frames."""
+    try:
+        plate = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except (OSError, ValueError) as exn:
+        raise BadSample("bad_plate", key, url, f"plate.png does not decode: {exn}") from None
+    if plate.shape != frames.shape[1:]:
+        raise BadSample("bad_plate", key, url, f"plate is {plate.shape[1]}x{plate.shape[0]}, frames are {frames.shape[2]}x{frames.shape[1]}")
+    return plate
+
+
 def decode_sample(raw: dict) -> Sample:
     """A webdataset dict (``__key__``, ``__url__``, extension -> bytes) -> validated :class:`Sample`.
 
     Raises :class:`BadSample` (missing_key, bad_metadata, bad_keypoints, unreadable_video,
-    frame_count_mismatch, bad_mask) naming the shard URL and the key.
+    frame_count_mismatch, bad_mask, bad_plate) naming the shard URL and the key.
     """
     key, url = raw.get("__key__", ""), raw.get("__url__", "?")
     if not key:
@@ -406,8 +422,9 @@ def decode_sample(raw: dict) -> Sample:
     if frames.shape[1:3] != (meta["height"], meta["width"]):
         raise BadSample("bad_metadata", key, url, f"frames are {frames.shape[2]}x{frames.shape[1]}, metadata says {meta['width']}x{meta['height']}")
     mask = _decode_mask(raw["mask.npy"], frames, key, url) if "mask.npy" in raw else None
+    plate = _decode_plate(raw["plate.png"], frames, key, url) if "plate.png" in raw else None
     digest = hashlib.sha1(raw[media] + raw["pose.npy"]).hexdigest()[:12]
-    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=mask, digest=digest)
+    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=mask, plate=plate, digest=digest)
 
 
 def _check_local(path: str) -> None:

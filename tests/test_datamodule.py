@@ -16,7 +16,7 @@ from data.datamodule import AnimationDataModule
 TINY = dict(train_identities=3, val_identities=2, test_identities=1, clips_per_identity=2, frames=17, size=64,
             image_pairs_per_identity=1, samples_per_shard=2)
 BATCH_KEYS = {"video", "pose", "reference", "reference_pose", "keypoints", "reference_keypoints", "loss_weight",
-              "person_mask", "has_person_mask", "key", "cache_key"}
+              "person_mask", "has_person_mask", "plate", "has_plate", "key", "cache_key"}
 
 
 def make_module(root=None, **overrides):
@@ -57,7 +57,7 @@ def test_train_batches_follow_the_contract(dataset):
         assert channels == 3 and frames in (1, 5, 9) and height % 16 == 0 and width % 16 == 0
         assert batch["pose"].shape == batch["video"].shape
         assert batch["reference"].shape == batch["reference_pose"].shape == (b, 3, height, width)
-        for name in ("video", "pose", "reference", "reference_pose"):
+        for name in ("video", "pose", "reference", "reference_pose", "plate"):
             assert batch[name].dtype == torch.float32 and -1 <= batch[name].min() and batch[name].max() <= 1
         assert batch["pose"].max() > 0.9  # something was drawn
         assert batch["keypoints"].shape == (b, frames, 133, 3)
@@ -66,6 +66,10 @@ def test_train_batches_follow_the_contract(dataset):
         assert set(batch["loss_weight"].unique().tolist()) <= {0.0, 1.0, 3.0}
         assert batch["person_mask"].shape == (b, frames, height, width) and batch["person_mask"].dtype == torch.bool
         assert batch["has_person_mask"].all() and batch["person_mask"].any()
+        assert batch["has_plate"].all() and batch["plate"].shape == (b, 3, height, width)
+        outside = ~batch["person_mask"][:, None]  # the plate is the cropped scene: off the person it is the video (H.264 aside)
+        scene = batch["plate"][:, :, None].expand_as(batch["video"])
+        assert (batch["video"] - scene).abs()[outside.expand_as(batch["video"])].mean() < 0.03
         assert len(batch["key"]) == len(batch["cache_key"]) == b
 
 

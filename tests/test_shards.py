@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from data.shards import (
     BadSample,
@@ -44,7 +45,8 @@ def _sample(key, kind="video", mask=True, phase=0.0):
     meta = {"identity": "id-" + key, "split": "train", "kind": kind, "fps": 12.0, "width": WIDTH, "height": HEIGHT,
             "num_frames": count, "text_boxes": [[0, 1, 2, 30, 12]], "source": "test"}
     person = rng.uniform(size=(count, HEIGHT, WIDTH)) < 0.3 if mask else None
-    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=person)
+    plate = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) if mask else None
+    return Sample(key=key, frames=frames, keypoints=keypoints, meta=meta, person_mask=person, plate=plate)
 
 
 def _psnr(a, b):
@@ -67,9 +69,10 @@ def test_round_trip_keeps_keypoints_meta_masks_and_video_quality(tmp_path):
         np.testing.assert_array_equal(loaded.keypoints, original.keypoints)
         assert loaded.keypoints.dtype == np.float32 and loaded.meta == original.meta
         if original.person_mask is None:
-            assert loaded.person_mask is None
+            assert loaded.person_mask is None and loaded.plate is None
         else:
             np.testing.assert_array_equal(loaded.person_mask, original.person_mask)
+            np.testing.assert_array_equal(loaded.plate, original.plate)  # PNG: exact
         if original.meta["kind"] == "image":
             np.testing.assert_array_equal(loaded.frames, original.frames)  # PNG is lossless
         else:
@@ -80,6 +83,7 @@ def test_mask_width_not_a_multiple_of_eight_round_trips(tmp_path):
     sample = _sample("odd")
     sample.frames = sample.frames[:, :, :58]
     sample.person_mask = sample.person_mask[:, :, :58]
+    sample.plate = sample.plate[:, :58]
     sample.meta["width"] = 58
     decoded = decode_sample({**encode_sample(sample), "__url__": "mem"})
     np.testing.assert_array_equal(decoded.person_mask, sample.person_mask)
@@ -93,6 +97,10 @@ def test_encode_video_refuses_odd_sizes_and_decode_names_the_file():
 
 
 def test_writer_rejects_inconsistent_samples():
+    sample = _sample("plate")
+    sample.plate = sample.plate[:-1]
+    with pytest.raises(ValueError, match="sample 'plate': plate uint8"):
+        encode_sample(sample)
     sample = _sample("bad")
     sample.keypoints = sample.keypoints[:-1]
     with pytest.raises(ValueError, match="'bad'.*disagree"):
@@ -108,6 +116,13 @@ def test_writer_drops_the_partial_shard_on_error(tmp_path):
                 writer.write(_sample(f"s{index}"))
             raise RuntimeError("crash while writing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def _png(image):
+    """PNG bytes of a uint8 (H, W, 3) image."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _raw(key, **changes):
@@ -192,6 +207,10 @@ def test_decode_sample_reasons_and_messages():
         decode_sample({**_raw("k", mask_npy=_npy(np.zeros((FRAMES, HEIGHT, 3), np.uint8))), "__url__": "u"})
     with pytest.raises(BadSample, match="bad_keypoints"):
         decode_sample({**_raw("k", pose_npy=_npy(np.full((FRAMES, 133, 3), np.nan, np.float32))), "__url__": "u"})
+    with pytest.raises(BadSample, match=r"bad_plate \(plate is 8x4, frames are"):
+        decode_sample({**_raw("k"), "plate.png": _png(np.zeros((4, 8, 3), np.uint8)), "__url__": "u"})
+    with pytest.raises(BadSample, match="bad_plate"):
+        decode_sample({**_raw("k"), "plate.png": b"not a png", "__url__": "u"})
 
 
 def test_bad_sample_pickles_and_rejects_unknown_reasons():

@@ -96,6 +96,16 @@ def test_text_overlays_are_drawn_where_their_boxes_say():
         assert changed[t][inside].any() and not changed[t][~inside].any()
 
 
+def test_the_plate_is_the_rendered_scene_wherever_the_person_is_not():
+    clip = make_clip(replace(SMALL, text_fraction=1.0), "train", 5, 0)
+    assert clip.plate.shape == clip.frames.shape[1:] and clip.plate.dtype == np.uint8
+    outside = ~clip.person_mask  # (T, H, W)
+    np.testing.assert_array_equal(clip.frames[outside], np.broadcast_to(clip.plate, clip.frames.shape)[outside])
+    assert (clip.frames[clip.person_mask] != np.broadcast_to(clip.plate, clip.frames.shape)[clip.person_mask]).any()
+    first, second = make_image_pair(SMALL, "val", 50, 0)
+    np.testing.assert_array_equal(first.plate, second.plate)
+
+
 def test_image_pairs_share_identity_and_background_in_different_poses():
     first, second = make_image_pair(SMALL, "val", 50, 0)
     assert first.meta["pair"] == second.key and second.meta["pair"] == first.key
@@ -127,6 +137,7 @@ def test_generated_dataset_has_identity_disjoint_splits_and_decodes(tmp_path):
             assert all(path.startswith(f"{split}/{prefix}-") for path in info[subset]["shards"])
             assert all(s.meta["split"] == split and s.meta["identity"] in identities[split] for s in samples)
             assert all(s.person_mask is not None and s.keypoints.shape[0] == s.meta["num_frames"] for s in samples)
+            assert all(s.plate is not None and s.plate.shape == s.frames.shape[1:] for s in samples)
         assert info["video"]["samples"] == len(identities[split]) and info["images"]["samples"] == 2 * len(identities[split])
         long_clip = _decoded(tmp_path, manifest, split, "long")[0]
         assert long_clip.meta["num_frames"] == round(TINY.long_seconds * TINY.fps) == len(long_clip.frames)

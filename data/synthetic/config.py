@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GENERATOR_NAME = "data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: every sample stores its background plate (plate.png)
 SPLITS = ("train", "val", "test")
 
 

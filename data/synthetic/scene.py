@@ -153,6 +153,14 @@ def _render_times(idt: Identity, scene: _Scene, times: np.ndarray) -> tuple[np.n
     return np.stack(frames), np.stack(keypoints), np.stack(masks), boxes
 
 
+def _plate(scene: _Scene) -> np.ndarray:
+    """The clip's static scene without the person: background with the text overlay (uint8 (H, W, 3))."""
+    plate = scene.background.copy()
+    if scene.text is not None:
+        _draw_text(plate, scene.text)
+    return plate
+
+
 def _meta(idt: Identity, split: str, kind: str, fps: float, frames: np.ndarray, boxes: list, **extra) -> dict:
     """Sample metadata as the shard format defines it."""
     return {
@@ -170,7 +178,8 @@ def make_clip(config: SyntheticConfig, split: str, identity_index: int, clip_ind
     frames, keypoints, masks, boxes = _render_times(idt, scene, scene.start + np.arange(count) / config.fps)
     name = "clip" if subset == "video" else "long"
     key = f"{split}-{idt.name}-{name}{clip_index:02d}"
-    return Sample(key=key, frames=frames, keypoints=keypoints, meta=_meta(idt, split, "video", config.fps, frames, boxes), person_mask=masks)
+    return Sample(key=key, frames=frames, keypoints=keypoints, meta=_meta(idt, split, "video", config.fps, frames, boxes), person_mask=masks,
+                  plate=_plate(scene))
 
 
 def make_image_pair(config: SyntheticConfig, split: str, identity_index: int, pair_index: int) -> tuple[Sample, Sample]:
@@ -184,5 +193,5 @@ def make_image_pair(config: SyntheticConfig, split: str, identity_index: int, pa
     for index, t in enumerate(times):
         frames, keypoints, masks, boxes = _render_times(idt, scene, np.array([t]))
         meta = _meta(idt, split, "image", config.fps, frames, boxes, pair=keys[1 - index])
-        samples.append(Sample(key=keys[index], frames=frames, keypoints=keypoints, meta=meta, person_mask=masks))
+        samples.append(Sample(key=keys[index], frames=frames, keypoints=keypoints, meta=meta, person_mask=masks, plate=_plate(scene)))
     return samples[0], samples[1]
