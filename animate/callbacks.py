@@ -191,8 +191,8 @@ class ClipWriter(L.Callback):
 
     ``DIR/<name>/KEY/frame_NNNN.png``: the generated clip, lossless, scored by
     ``experiments.evaluate generated=DIR/<name> target=DIR/target``; with ``targets``, the ground
-    truth in ``DIR/target/KEY/`` with its sidecars (``KEY.pose.npy``, and ``KEY.mask.npy`` where
-    the batch has a real person mask); with ``grids``, ``DIR/grids/<name>/KEY.mp4``: reference |
+    truth in ``DIR/target/KEY/`` with its sidecars (``KEY.pose.npy``, and ``KEY.mask.npy`` /
+    ``KEY.plate.npy`` where the batch has a real person mask / background plate); with ``grids``, ``DIR/grids/<name>/KEY.mp4``: reference |
     driving pose | generated | ground truth.
     """
 
@@ -224,3 +224,6 @@ class ClipWriter(L.Callback):
         if batch.get("person_mask") is not None and (real_mask is None or bool(real_mask[index])):
             with atomic_path(target / f"{key}.mask.npy") as tmp, open(tmp, "wb") as file:
                 np.save(file, np.packbits(batch["person_mask"][index].bool().cpu().numpy(), axis=-1))
+        if batch.get("plate") is not None and bool(batch["has_plate"][index]):
+            with atomic_path(target / f"{key}.plate.npy") as tmp, open(tmp, "wb") as file:
+                np.save(file, frames_uint8(batch["plate"][index][:, None])[0])

@@ -7,19 +7,21 @@ from collections.abc import Iterator
 import torch
 from torchmetrics import Metric
 
-from metrics.video import check_extras, check_pair, flatten_frames, frame_ranges, to_unit_float
+from metrics.video import Annotations, check_pair, flatten_frames, frame_ranges, to_unit_float
 
 
 class ClipMetric(Metric):
     """Mean over clips of a per-clip value; clips without a value (NaN) are skipped and counted.
 
-    Subclasses implement :meth:`clip_values`. After each :meth:`update`, ``last_clip_values``
+    Subclasses implement :meth:`clip_values` and list in ``needs`` the :class:`Annotations`
+    fields they read (``keypoints``, ``person_mask``, ``plate``). After each :meth:`update`, ``last_clip_values``
     holds that batch's per-clip values ``(B,)`` (NaN = skipped): the per-clip report mode.
     ``compute()`` returns the mean, or a dict ``{name: mean, <count>: n, ...}`` for the metrics
     that can skip (``skip_keys``).
     """
 
     name: str = ""
+    needs: tuple[str, ...] = ()
     skip_keys: tuple[str, ...] = ()
     full_state_update = False
     is_differentiable = False
@@ -34,13 +36,7 @@ class ClipMetric(Metric):
         self.add_state("skipped_clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.last_clip_values: torch.Tensor | None = None
 
-    def clip_values(
-        self,
-        generated: torch.Tensor,
-        target: torch.Tensor,
-        keypoints: torch.Tensor | None,
-        person_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def clip_values(self, generated: torch.Tensor, target: torch.Tensor, annotations: Annotations) -> torch.Tensor:
         """Per-clip values ``(B,)`` float64, NaN where a clip has none."""
         raise NotImplementedError
 
@@ -50,11 +46,22 @@ class ClipMetric(Metric):
         target: torch.Tensor,
         keypoints: torch.Tensor | None = None,
         person_mask: torch.Tensor | None = None,
+        plate: torch.Tensor | None = None,
+        skip_unannotated: bool = False,
     ) -> None:
-        """Add a batch of clips ``(B, 3, T, H, W)``; see :mod:`metrics.video` for value ranges."""
+        """Add a batch of clips ``(B, 3, T, H, W)`` and their annotations (:class:`metrics.video.Annotations`).
+
+        A missing annotation the metric ``needs`` raises, or with ``skip_unannotated`` skips (and
+        counts) the batch's clips: a validation loop over data that lacks it.
+        """
         check_pair(generated, target)
-        check_extras(target, keypoints, person_mask)
-        values = self.clip_values(generated, target, keypoints, person_mask).to(self.total.device)
+        annotations = Annotations(keypoints, person_mask, plate)
+        annotations.check(target)
+        if skip_unannotated and any(getattr(annotations, name) is None for name in self.needs):
+            values = torch.full((target.shape[0],), float("nan"), dtype=torch.float64, device=self.total.device)
+        else:
+            annotations.require(self.needs, self.name)
+            values = self.clip_values(generated, target, annotations).to(self.total.device)
         valid = ~values.isnan()
         self.total += values[valid].sum()
         self.clips += valid.sum()
@@ -80,24 +87,18 @@ class FrameMetric(ClipMetric):
         super().__init__(**kwargs)
         self.add_state("skipped_frames", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def frame_values(
-        self,
-        generated: torch.Tensor,
-        target: torch.Tensor,
-        keypoints: torch.Tensor | None,
-        person_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Per-frame values ``(N,)`` of float ``(N, 3, H, W)`` frames in [0, 1] (extras flattened alike)."""
+    def frame_values(self, generated: torch.Tensor, target: torch.Tensor, annotations: Annotations) -> torch.Tensor:
+        """Per-frame values ``(N,)`` of float ``(N, 3, H, W)`` frames in [0, 1] (annotations in frame form)."""
         raise NotImplementedError
 
-    def clip_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def clip_values(self, generated, target, annotations) -> torch.Tensor:
         """Mean over each clip's valid frames, processed ``frame_chunk`` frames at a time."""
-        per_frame = torch.cat(list(self._frame_value_chunks(generated, target, keypoints, person_mask)), dim=1)
+        per_frame = torch.cat(list(self._frame_value_chunks(generated, target, annotations)), dim=1)
         invalid = per_frame.isnan()
         self.skipped_frames += invalid.sum().to(self.skipped_frames.device)
         return per_frame.nanmean(dim=1)  # (B,), NaN where every frame is invalid
 
-    def _frame_value_chunks(self, generated, target, keypoints, person_mask) -> Iterator[torch.Tensor]:
+    def _frame_value_chunks(self, generated, target, annotations) -> Iterator[torch.Tensor]:
         """Yield ``(B, t)`` float64 frame values chunk by chunk along time."""
         batch, frames = generated.shape[0], generated.shape[2]
         device = self.total.device
@@ -105,7 +106,6 @@ class FrameMetric(ClipMetric):
             values = self.frame_values(
                 flatten_frames(to_unit_float(generated[:, :, start:stop].to(device))),
                 flatten_frames(to_unit_float(target[:, :, start:stop].to(device))),
-                None if keypoints is None else keypoints[:, start:stop].to(device).flatten(0, 1),
-                None if person_mask is None else person_mask[:, start:stop].to(device).flatten(0, 1),
+                annotations.frames(start, stop, device),
             )
             yield values.double().view(batch, stop - start)

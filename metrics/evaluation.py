@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.files import atomic_write_text
-from metrics.media import ClipPair, pair_clips, read_clip, read_keypoints, read_person_mask, sidecar
+from metrics.media import ClipPair, pair_clips, read_clip, read_keypoints, read_person_mask, read_plate, sidecar
 from metrics.suite import MetricSuite
 from metrics.video import frame_ranges, resize_frames, to_uint8
 
@@ -58,6 +58,7 @@ class Clip:
     target: torch.Tensor
     keypoints: torch.Tensor | None = None  # (T, 133, 3) pixels of the target frames
     person_mask: torch.Tensor | None = None  # (T, H, W) bool
+    plate: torch.Tensor | None = None  # (3, H, W) uint8: the scene without the person
 
     @property
     def frames(self) -> int:
@@ -104,16 +105,18 @@ def align(
     return generated, target
 
 
-def load_clip(
-    pair: ClipPair, needs_keypoints: bool, needs_person_mask: bool, on_size_mismatch: str, on_length_mismatch: str
-) -> Clip:
-    """Read, align and attach the sidecars the suite needs."""
+SIDECARS = {"keypoints": ".pose.npy", "person_mask": ".mask.npy", "plate": ".plate.npy"}  # annotation -> file suffix
+
+
+def load_clip(pair: ClipPair, needs: Iterable[str], on_size_mismatch: str, on_length_mismatch: str) -> Clip:
+    """Read, align and attach the sidecars of the annotations the suite ``needs``."""
     target = read_clip(pair.target)
     frames, height, width = target.shape[1:]
-    keypoints = read_keypoints(pair.target, frames) if needs_keypoints else None
-    person_mask = read_person_mask(pair.target, frames, height, width) if needs_person_mask else None
+    keypoints = read_keypoints(pair.target, frames) if "keypoints" in needs else None
+    person_mask = read_person_mask(pair.target, frames, height, width) if "person_mask" in needs else None
+    plate = read_plate(pair.target, height, width) if "plate" in needs else None
     generated, target = align(pair.name, read_clip(pair.generated), target, on_size_mismatch, on_length_mismatch)
-    clip = Clip(pair.name, generated, target, keypoints, person_mask)
+    clip = Clip(pair.name, generated, target, keypoints, person_mask, plate)
     return clip.prefix(clip.frames)  # trims the sidecars to the aligned length
 
 
@@ -134,10 +137,9 @@ class Evaluation:
 
     def add(self, clip: Clip) -> None:
         """Evaluate one clip at every horizon it reaches."""
-        if self.suite.needs_keypoints and clip.keypoints is None:
-            raise ValueError(f"{clip.name}: fpsnr needs the ground truth's keypoints, and this clip has none")
-        if self.suite.needs_person_mask and clip.person_mask is None:
-            raise ValueError(f"{clip.name}: psnr_mask needs a person mask, and this clip's data has none")
+        for annotation, metrics in self.suite.needs.items():
+            if getattr(clip, annotation) is None:
+                raise ValueError(f"{clip.name}: {', '.join(metrics)} need(s) the ground truth's {annotation}, and this clip's data has none")
         for horizon in self.horizons:
             frames = clip.frames if horizon.frames is None else horizon.frames
             if clip.frames < frames:
@@ -149,6 +151,7 @@ class Evaluation:
                 part.target[None],
                 None if part.keypoints is None else part.keypoints[None],
                 None if part.person_mask is None else part.person_mask[None],
+                None if part.plate is None else part.plate[None],
             )
             self.clips[horizon.name] += 1
             values = {name: float(v[0]) for name, v in per_clip.items()}
@@ -177,9 +180,9 @@ def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def check_sidecars(pairs: Sequence[ClipPair], keypoints: bool, person_mask: bool) -> None:
-    """Raise before any work if a needed ``NAME.pose.npy`` / ``NAME.mask.npy`` is missing."""
-    suffixes = [".pose.npy"] * keypoints + [".mask.npy"] * person_mask
+def check_sidecars(pairs: Sequence[ClipPair], needs: Iterable[str]) -> None:
+    """Raise before any work if a needed ``NAME.pose.npy`` / ``NAME.mask.npy`` / ``NAME.plate.npy`` is missing."""
+    suffixes = [SIDECARS[name] for name in needs]
     missing = [path for pair in pairs for suffix in suffixes if not (path := sidecar(pair.target, suffix)).is_file()]
     if missing:
         shown = ", ".join(str(path) for path in missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -195,8 +198,7 @@ def evaluate_clips(
     """Score clips at every horizon, write the reports and return them: the path every mode shares.
 
     ``cfg`` holds ``metrics``, ``horizons_s``, ``fps`` and ``device``; ``clips(suite)`` yields the
-    clips (it may first check that it can give what ``suite.needs_keypoints`` /
-    ``suite.needs_person_mask`` ask for); ``inputs`` says where they came from (summary.json).
+    clips (it may first check that it can give the annotations ``suite.needs``); ``inputs`` says where they came from (summary.json).
     Returns the per-clip rows and the summary ``{horizon: {clips, clips_too_short, <metrics>}}``.
     """
     evaluation = Evaluation(cfg.metrics, horizons(cfg.horizons_s, cfg.fps), resolve_device(cfg.device))
@@ -220,9 +222,9 @@ def run_evaluation(cfg: DictConfig, out_dir: Path, provenance: Mapping[str, Any]
     pairs = pair_clips(Path(cfg.generated), Path(cfg.target))
 
     def clips(suite: MetricSuite) -> Iterable[Clip]:
-        check_sidecars(pairs, suite.needs_keypoints, suite.needs_person_mask)
+        check_sidecars(pairs, suite.needs)
         for pair in pairs:
-            yield load_clip(pair, suite.needs_keypoints, suite.needs_person_mask, cfg.on_size_mismatch, cfg.on_length_mismatch)
+            yield load_clip(pair, suite.needs, cfg.on_size_mismatch, cfg.on_length_mismatch)
 
     log.info("evaluating %d clip(s) with %s", len(pairs), ", ".join(cfg.metrics.names))
     inputs = {"generated": str(cfg.generated), "target": str(cfg.target), **(provenance or {})}

@@ -91,8 +91,6 @@ class FrechetMetric(Metric):
         self,
         generated: torch.Tensor,
         target: torch.Tensor,
-        keypoints: torch.Tensor | None = None,
-        person_mask: torch.Tensor | None = None,
     ) -> None:
         """Add the samples of a batch of clip pairs (unpaired use: the sides are pooled separately)."""
         check_pair(generated, target)

@@ -4,7 +4,8 @@ A clip is a video file (``.mp4``, ``.webm``, ``.gif``, ``.mkv``, ``.mov``, ``.av
 ``.png`` / ``.jpg`` frames ordered by natural sort of their names. An input path is one clip (a
 video file, or a folder holding frames directly) or a folder of clips, named by file stem or
 subfolder name. Ground-truth sidecars follow the shard format (docs/ARCHITECTURE.md) next to the
-target clip: ``NAME.pose.npy`` keypoints ``(T, 133, 3)`` and ``NAME.mask.npy`` packed person masks.
+target clip: ``NAME.pose.npy`` keypoints ``(T, 133, 3)``, ``NAME.mask.npy`` packed person masks and
+``NAME.plate.npy`` the background plate (the scene without the person; synthetic data).
 """
 
 from __future__ import annotations
@@ -140,3 +141,12 @@ def read_person_mask(clip: Path, frames: int, height: int, width: int) -> torch.
             f"{path}: packed mask {packed.dtype} {packed.shape}, expected uint8 ({frames}, {height}, {(width + 7) // 8})"
         )
     return torch.from_numpy(np.unpackbits(packed, axis=-1, count=width).astype(bool))
+
+
+def read_plate(clip: Path, height: int, width: int) -> torch.Tensor:
+    """The target's background plate ``(3, H, W)`` uint8 from ``NAME.plate.npy`` (``(H, W, 3)`` uint8)."""
+    path = sidecar(clip, ".plate.npy")
+    plate = load_array(path)
+    if plate.dtype != np.uint8 or plate.shape != (height, width, 3):
+        raise ValueError(f"{path}: plate {plate.dtype} {plate.shape}, expected uint8 ({height}, {width}, 3)")
+    return torch.from_numpy(plate).permute(2, 0, 1)

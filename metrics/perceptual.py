@@ -34,7 +34,7 @@ class LPIPS(FrameMetric):
         self.unit_inputs = unit_inputs
         self.network = extractors.lpips_network(net, str(weights.locate(TRUNKS[net], weights_dir, weights_path)))
 
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
         """Per-frame LPIPS distance."""
         if not self.unit_inputs:
             generated, target = generated * 2.0 - 1.0, target * 2.0 - 1.0

@@ -41,7 +41,7 @@ class PSNR(FrameMetric):
     name = "psnr"
     higher_is_better = True
 
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
         """Per-frame PSNR."""
         return frame_psnr(generated, target)
 
@@ -49,6 +49,7 @@ class PSNR(FrameMetric):
 class MaskedFrameMetric(FrameMetric):
     """A per-frame value over the pixels of the boolean person mask ``(B, T, H, W)``; frames with an empty mask are skipped."""
 
+    needs = ("person_mask",)
     skip_keys = ("skipped_frames", "skipped_clips")
     higher_is_better = True
 
@@ -57,11 +58,9 @@ class MaskedFrameMetric(FrameMetric):
         """Per-frame value ``(N,)`` inside ``mask (N, H, W)``, NaN for an empty mask."""
         raise NotImplementedError
 
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
         """Per-frame value inside the mask."""
-        if person_mask is None:
-            raise ValueError(f"{self.name} needs person_mask (B, T, H, W) bool")
-        return self.masked_value(generated, target, person_mask.bool())
+        return self.masked_value(generated, target, annotations.person_mask)
 
 
 class MaskedPSNR(MaskedFrameMetric):
@@ -80,6 +79,7 @@ class FacePSNR(FrameMetric):
     """
 
     name = "fpsnr"
+    needs = ("keypoints",)
     skip_keys = ("skipped_frames", "skipped_clips")
     higher_is_better = True
 
@@ -88,10 +88,9 @@ class FacePSNR(FrameMetric):
         self.min_confidence = min_confidence
         self.area_scale = area_scale
 
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
         """Per-frame PSNR inside the face box, NaN without a face."""
-        if keypoints is None:
-            raise ValueError("fpsnr needs the target keypoints (B, T, 133, 3)")
+        keypoints = annotations.keypoints
         if keypoints.shape[-2:] != (133, 3):
             raise ValueError(f"fpsnr expects COCO-WholeBody keypoints (..., 133, 3), got {tuple(keypoints.shape)}")
         height, width = generated.shape[-2:]
@@ -207,7 +206,7 @@ class SSIM(FrameMetric):
             raise ValueError(f"ssim: unknown mode {mode!r}; choose one of {sorted(SSIM_MODES)}")
         self.mode = mode
 
-    def frame_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
         """Per-frame SSIM."""
         return SSIM_MODES[self.mode](generated, target)
 

@@ -24,6 +24,8 @@ from metrics.base import ClipMetric
 from metrics.frechet import FID, FIDVID, FVD
 from metrics.perceptual import LPIPS
 from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, MaskedSSIM
+from metrics.silhouette import SilhouetteIoU
+from metrics.video import ANNOTATIONS
 from metrics.vmae import VMAE
 
 METRICS: dict[str, type[Metric]] = {
@@ -32,6 +34,7 @@ METRICS: dict[str, type[Metric]] = {
     "psnr_mask": MaskedPSNR,
     "ssim_mask": MaskedSSIM,
     "fpsnr": FacePSNR,
+    "silhouette_iou": SilhouetteIoU,
     "lpips": LPIPS,
     "fid": FID,
     "fid_vid": FIDVID,
@@ -71,14 +74,10 @@ class MetricSuite(nn.Module):
         return cls(metrics)
 
     @property
-    def needs_keypoints(self) -> bool:
-        """Whether ``update`` needs ``keypoints`` (F-PSNR)."""
-        return any(isinstance(m, FacePSNR) for m in self.metrics.values())
-
-    @property
-    def needs_person_mask(self) -> bool:
-        """Whether ``update`` needs ``person_mask`` (masked PSNR and SSIM)."""
-        return any(isinstance(m, (MaskedPSNR, MaskedSSIM)) for m in self.metrics.values())
+    def needs(self) -> dict[str, list[str]]:
+        """``{annotation: [metric names]}`` of the annotations ``update`` needs (keypoints, person_mask, plate)."""
+        needs = {name: [key for key, m in self.metrics.items() if name in getattr(m, "needs", ())] for name in ANNOTATIONS}
+        return {name: keys for name, keys in needs.items() if keys}
 
     def update(
         self,
@@ -86,15 +85,23 @@ class MetricSuite(nn.Module):
         target: torch.Tensor,
         keypoints: torch.Tensor | None = None,
         person_mask: torch.Tensor | None = None,
+        plate: torch.Tensor | None = None,
+        skip_unannotated: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Update every metric; return the per-clip values ``{name: (B,)}`` of the per-clip metrics.
 
         generated, target: ``(B, 3, T, H, W)`` float in [0, 1] or uint8. keypoints: the target's
-        ``(B, T, 133, 3)`` in pixels (F-PSNR). person_mask: ``(B, T, H, W)`` bool (masked PSNR).
+        ``(B, T, 133, 3)`` in pixels (F-PSNR). person_mask: ``(B, T, H, W)`` bool (masked PSNR and
+        SSIM, silhouette IoU). plate: ``(B, 3, H, W)`` the background without the person, in the
+        videos' range (silhouette IoU). A metric whose annotation is missing raises, or with
+        ``skip_unannotated`` counts the clips as skipped.
         """
         per_clip = {}
         for name, metric in self.metrics.items():
-            metric.update(generated, target, keypoints=keypoints, person_mask=person_mask)
+            if isinstance(metric, ClipMetric):
+                metric.update(generated, target, keypoints, person_mask, plate, skip_unannotated=skip_unannotated)
+            else:
+                metric.update(generated, target)
             if isinstance(metric, ClipMetric):
                 per_clip[name] = metric.last_clip_values
         return per_clip

@@ -10,7 +10,8 @@ long clip costs one byte per value until a chunk of it is processed. Metrics nev
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -42,13 +43,52 @@ def check_pair(generated: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-def check_extras(video: torch.Tensor, keypoints: torch.Tensor | None, person_mask: torch.Tensor | None) -> None:
-    """Raise unless keypoints are ``(B, T, K, 3)`` and the person mask ``(B, T, H, W)`` of ``video``."""
-    batch, _, frames, height, width = video.shape
-    if keypoints is not None and (keypoints.ndim != 4 or keypoints.shape[:2] != (batch, frames)):
-        raise ValueError(f"keypoints {tuple(keypoints.shape)} do not match the video (B, T) = {(batch, frames)}")
-    if person_mask is not None and person_mask.shape != (batch, frames, height, width):
-        raise ValueError(f"person_mask {tuple(person_mask.shape)} is not (B, T, H, W) = {(batch, frames, height, width)}")
+ANNOTATIONS = ("keypoints", "person_mask", "plate")  # what a metric may need beside the two videos
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """What is known about the target clips beside their frames; each field optional.
+
+    Clip form (as ``update`` takes it): keypoints ``(B, T, K, 3)`` pixels of the target frames,
+    person_mask ``(B, T, H, W)`` bool, plate ``(B, 3, H, W)`` the static scene without the person
+    (float in [0, 1] or uint8, like the videos). Frame form (as ``frame_values`` gets it, see
+    :meth:`frames`): ``(N, K, 3)``, ``(N, H, W)`` and ``(N, 3, H, W)`` float in [0, 1].
+    """
+
+    keypoints: torch.Tensor | None = None
+    person_mask: torch.Tensor | None = None
+    plate: torch.Tensor | None = None
+
+    def check(self, video: torch.Tensor) -> None:
+        """Raise unless the annotations match the clip batch ``video (B, 3, T, H, W)``."""
+        batch, _, frames, height, width = video.shape
+        if self.keypoints is not None and (self.keypoints.ndim != 4 or self.keypoints.shape[:2] != (batch, frames)):
+            raise ValueError(f"keypoints {tuple(self.keypoints.shape)} do not match the video (B, T) = {(batch, frames)}")
+        if self.person_mask is not None and self.person_mask.shape != (batch, frames, height, width):
+            raise ValueError(f"person_mask {tuple(self.person_mask.shape)} is not (B, T, H, W) = {(batch, frames, height, width)}")
+        if self.plate is not None:
+            if self.plate.shape != (batch, 3, height, width):
+                raise ValueError(f"plate {tuple(self.plate.shape)} is not (B, 3, H, W) = {(batch, 3, height, width)}")
+            check_video(self.plate[:, :, None], "plate")
+
+    def require(self, names: Iterable[str], metric: str) -> None:
+        """Raise naming ``metric`` when one of the annotations it needs is missing."""
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{metric} needs {', '.join(missing)} (see metrics.video.Annotations)")
+
+    def frames(self, start: int, stop: int, device: torch.device) -> Annotations:
+        """Frames ``[start, stop)`` of every clip, flattened to the frame form on ``device``."""
+        count = stop - start
+        plate = None
+        if self.plate is not None:
+            plate = to_unit_float(self.plate.to(device))[:, None].expand(-1, count, -1, -1, -1).flatten(0, 1)  # (N, 3, H, W)
+        return Annotations(
+            keypoints=None if self.keypoints is None else self.keypoints[:, start:stop].to(device).flatten(0, 1),
+            person_mask=None if self.person_mask is None else self.person_mask[:, start:stop].to(device).flatten(0, 1).bool(),
+            plate=plate,
+        )
 
 
 def to_unit_float(video: torch.Tensor) -> torch.Tensor:

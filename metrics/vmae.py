@@ -58,7 +58,7 @@ class VMAE(ClipMetric):
         self.window_stride = window_stride
         self.distance = DISTANCES[distance]
 
-    def clip_values(self, generated, target, keypoints, person_mask) -> torch.Tensor:
+    def clip_values(self, generated, target, annotations) -> torch.Tensor:
         """Mean window distance per clip, NaN for clips shorter than one window."""
         return torch.stack([self.clip_distance(g, t) for g, t in zip(generated, target)])
 

@@ -1,6 +1,7 @@
 """MetricSuite: built from config (and every preset of conf/metrics), per-clip values, compute, reset."""
 
 import inspect
+import math
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,18 @@ def test_the_cheap_suite_runs_without_weight_files_and_reports_per_clip_values()
     assert results["psnr"] == pytest.approx(per_clip["psnr"].mean().item())
     assert results["fpsnr_skipped_frames"] == 0 and "psnr_skipped_frames" not in results
     assert all(isinstance(value, float) for value in results.values())
-    assert suite.needs_keypoints and suite.needs_person_mask
+    assert suite.needs == {"keypoints": ["fpsnr"], "person_mask": ["psnr_mask"]}
+
+
+def test_a_metric_without_its_annotation_names_what_it_needs():
+    suite = MetricSuite.from_config(cheap_config(names="[psnr,silhouette_iou]"))
+    generated, target, _, person_mask = batch()
+    assert suite.needs == {"person_mask": ["silhouette_iou"], "plate": ["silhouette_iou"]}
+    with pytest.raises(ValueError, match="silhouette_iou needs plate"):
+        suite.update(generated, target, person_mask=person_mask)
+    suite.update(generated, target, person_mask=person_mask, skip_unannotated=True)  # a validation loop on real data
+    results = suite.compute()
+    assert results["silhouette_iou_skipped_clips"] == 2 and math.isnan(results["silhouette_iou"]) and results["psnr"] > 0
 
 
 def test_reset_starts_over():

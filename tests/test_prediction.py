@@ -14,7 +14,8 @@ from tiny_systems import fake_batch, frameprompt
 
 def predict(system, directory, precision="32-true", model="trained"):
     """Run trainer.predict over one fabricated batch with the clip writer; returns what the backbone saw."""
-    batch = fake_batch() | {"key": ["clip_a", "clip_b"], "keypoints": torch.rand(2, 5, 133, 3), "has_person_mask": torch.tensor([True, False])}
+    batch = fake_batch() | {"key": ["clip_a", "clip_b"], "keypoints": torch.rand(2, 5, 133, 3), "has_person_mask": torch.tensor([True, False]),
+                           "plate": torch.rand(2, 3, 32, 32) * 2 - 1, "has_plate": torch.tensor([True, False])}
     seen = []
     forward = system.backbone.forward
 
@@ -46,6 +47,9 @@ def test_the_writer_keeps_clips_targets_sidecars_and_grids(tmp_path):
         assert (tmp_path / "grids" / "trained" / f"{key}.mp4").is_file()
     assert np.load(tmp_path / "target" / "clip_a.pose.npy").shape == (5, 133, 3)
     assert (tmp_path / "target" / "clip_a.mask.npy").is_file() and not (tmp_path / "target" / "clip_b.mask.npy").exists()
+    plate = np.load(tmp_path / "target" / "clip_a.plate.npy")
+    np.testing.assert_array_equal(plate, ((batch["plate"][0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+    assert not (tmp_path / "target" / "clip_b.plate.npy").exists()
     assert not list(tmp_path.rglob("*.tmp"))
 
 

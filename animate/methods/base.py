@@ -125,6 +125,16 @@ def frames_to_latent_grid(weight: Tensor, latent_hw: tuple[int, int]) -> Tensor:
     return F.interpolate(weight[:, None].float(), size=(weight.shape[1], *latent_hw), mode="nearest")
 
 
+def known_annotations(batch: dict) -> dict[str, Tensor]:
+    """The metric annotations the batch really has: keypoints, and the person mask and plate when every clip has one."""
+    annotations = {"keypoints": batch.get("keypoints")}
+    for name, flag in (("person_mask", "has_person_mask"), ("plate", "has_plate")):
+        known = batch.get(flag)
+        if batch.get(name) is not None and (known is None or bool(torch.as_tensor(known).all())):
+            annotations[name] = to_unit(batch[name]) if name == "plate" else batch[name]
+    return {name: value for name, value in annotations.items() if value is not None}
+
+
 class AnimationSystem(L.LightningModule):
     """Flow-matching training and sampling over a :class:`WanBackbone`; subclasses lay out batches."""
 
@@ -257,7 +267,8 @@ class AnimationSystem(L.LightningModule):
         self.val_loss.update(self.loss(batch, generator), weight=b)
         if self.metrics is not None and batch_idx < self.val_sample_batches:
             video = self.generate(batch, seed=batch_idx)
-            self.metrics.update(to_unit(video), to_unit(batch["video"]), keypoints=batch.get("keypoints"), person_mask=batch.get("person_mask"))
+            # real data without person masks or plates: those metrics count the clips as skipped
+            self.metrics.update(to_unit(video), to_unit(batch["video"]), **known_annotations(batch), skip_unannotated=True)
 
     def on_validation_epoch_end(self) -> None:
         # every rank computes (and so syncs) the same metrics in the same order, even a rank that
