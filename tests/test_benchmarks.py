@@ -24,3 +24,13 @@ def test_vae_probe_reports_psnr_per_window(tmp_path):
     results = main(["--lrs", "1e-3", "--steps", "3", "--batch", "2", "--side", "32", "--", f"dataset={tmp_path / 'data'}", "base_dim=4"])
     assert list(results) == ["0.001"] and len(results["0.001"]) == 1
     assert 5 < results["0.001"][0] < 40
+
+
+def test_vae_ceiling_scores_the_truth_perfectly_and_the_round_trip_below_it():
+    from benchmarks.vae_ceiling import main
+
+    result = main(["--clips", "1", "--thresholds", "0.1", "0.2"])
+    assert result["truth"]["silhouette_iou@0.1"] == 1.0 and result["truth"]["psnr"] == 100.0
+    shipped = result["asset:tiny_wan_vae"]
+    assert 10 < shipped["psnr"] < 40 and all(0 <= shipped[f"silhouette_iou@{t}"] <= 1 for t in ("0.1", "0.2"))
+    assert 0 <= result["repeat_reference"]["silhouette_iou@0.1"] < 1

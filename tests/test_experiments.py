@@ -53,11 +53,13 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "heldout.json").read_text())
     assert set(report["overall"]) == {"trained", "untrained", "repeat_reference"} and report["clips"] == 1
-    assert all(set(values) == {"psnr", "psnr_mask", "ssim_mask"} for values in report["overall"].values())
+    assert all(set(values) == {"psnr", "psnr_mask", "ssim_mask", "silhouette_iou", "fpsnr"} for values in report["overall"].values())
+    assert report["overall"]["repeat_reference"]["silhouette_iou"] < 1 and all(0 <= v["silhouette_iou"] <= 1 for v in report["overall"].values())
     for model in report["overall"]:  # every model went through trainer.predict and the clip writer
         assert len(list((out / model).glob("*/frame_*.png"))) == 5
         assert len(list((out / "grids" / model).glob("*.mp4"))) == 1
     assert len(list((out / "target").glob("*.pose.npy"))) == 1 and len(list((out / "target").glob("*.mask.npy"))) == 1
+    assert len(list((out / "target").glob("*.plate.npy"))) == 1
     # repeating the reference is the reference frame, exactly
     clip = next((out / "repeat_reference").iterdir())
     frames = [np.asarray(Image.open(f)) for f in sorted(clip.glob("*.png"))]
