@@ -2,7 +2,8 @@
 
 One sample = tar members sharing a key: ``KEY.mp4`` (video) or ``KEY.png`` (image),
 ``KEY.pose.npy`` (T, 133, 3) float32 keypoints, ``KEY.json`` metadata and optionally
-``KEY.mask.npy`` (the person mask packed with ``np.packbits(axis=-1)``). Shards are written to a
+``KEY.mask.npy`` (the person mask packed with ``np.packbits(axis=-1)``) and ``KEY.plate.png``
+(the background plate: the scene without the person, synthetic data). Shards are written to a
 temporary name and renamed when complete. Decoding never unpickles and never opens ``pipe:``
 URLs; a sample that cannot be decoded raises :class:`BadSample`, which pipelines count with a
 :class:`BadSampleCounter` and skip.
