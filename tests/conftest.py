@@ -36,5 +36,8 @@ def workdir(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("experiments")
     torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(tmp / "vae")
+    # 4x spatial like the shipped VAE, so the tiny backbone's (1, 4, 4) patches make 16-pixel tokens
+    AutoencoderKLWan(
+        base_dim=4, z_dim=16, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[True, True], scale_factor_spatial=4
+    ).save_pretrained(tmp / "vae")
     return tmp
