@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from common.files import atomic_path, atomic_write_text
-from common.video import comparison_grid, frames_uint8, write_frames, write_gif, write_mp4
+from common.video import comparison_grid, frames_uint8, still_grid, write_frames, write_gif, write_mp4, write_png
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -193,15 +193,18 @@ class ClipWriter(L.Callback):
     ``experiments.evaluate generated=DIR/<name> target=DIR/target``; with ``targets``, the ground
     truth in ``DIR/target/KEY/`` with its sidecars (``KEY.pose.npy``, and ``KEY.mask.npy`` /
     ``KEY.plate.npy`` where the batch has a real person mask / background plate); with ``grids``, ``DIR/grids/<name>/KEY.mp4``: reference |
-    driving pose | generated | ground truth.
+    driving pose | generated | ground truth, and ``KEY.png``: ``still_frames`` evenly spaced frames of it, top to bottom.
     """
 
-    def __init__(self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12):
+    def __init__(
+        self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12, still_frames: int = 4
+    ):
         self.directory = Path(directory)
         self.name = name
         self.targets = targets
         self.grids = grids
         self.fps = fps
+        self.still_frames = still_frames
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         generated = outputs["generated"].float().cpu()
@@ -212,6 +215,7 @@ class ClipWriter(L.Callback):
             if self.grids:
                 grid = comparison_grid(*(batch[k][index : index + 1] for k in ("reference", "pose")), generated[index : index + 1], batch["video"][index : index + 1])
                 write_mp4(self.directory / "grids" / self.name / f"{key}.mp4", grid, self.fps)
+                write_png(self.directory / "grids" / self.name / f"{key}.png", still_grid(grid, self.still_frames))
 
     def write_target(self, batch: dict, index: int, key: str) -> None:
         """The ground-truth clip and its sidecars in the shard format (docs/ARCHITECTURE.md)."""

@@ -37,6 +37,30 @@ def comparison_grid(reference: Tensor, pose: Tensor, generated: Tensor, target: 
     return frames_uint8(grid)
 
 
+def still_grid(grid: np.ndarray, frames: int = 4) -> np.ndarray:
+    """``frames`` evenly spaced frames of a comparison grid video (T, H, W, 3) stacked top to bottom: (frames*H, W, 3)."""
+    indices = np.linspace(0, grid.shape[0] - 1, num=min(frames, grid.shape[0])).round().astype(int)
+    return np.concatenate(list(grid[indices]), axis=0)
+
+
+def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """uint8 (H, W_i, 3) images of one height in a row, separated by white ``gap``-pixel columns."""
+    if len({image.shape[0] for image in images}) != 1:
+        raise ValueError(f"side_by_side needs images of one height, got {[image.shape for image in images]}")
+    spacer = np.full((images[0].shape[0], gap, 3), 255, dtype=np.uint8)
+    parts = [part for image in images for part in (image, spacer)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a uint8 (H, W, 3) image losslessly as PNG, atomically."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 SHARD_VIDEO_CRF = 10
 SHARD_VIDEO_PRESET = "fast"
 SHARD_VIDEO_PIXEL_FORMAT = "yuv444p"

@@ -5,7 +5,9 @@ generates through ``trainer.predict`` (:mod:`experiments.prediction`; ``trainer=
 apply) and writes into ``RUN/generate_<split>/``: each model's clips as lossless frames
 (``trained/KEY/``, ``untrained/KEY/``, ``repeat_reference/KEY/``), the ground truth with its
 sidecars (``target/``), comparison grids (``grids/trained/KEY.mp4``: reference | driving pose |
-generated | ground truth), and ``heldout.json``: each model's PSNR over the frame and inside the
+generated | ground truth, and ``KEY.png``: four of its frames), with ``figure=PATH`` the first
+``figure_clips`` clips' still grids of the first model side by side (the README's picture), and
+``heldout.json``: each model's PSNR over the frame and inside the
 character's mask, scored by the evaluation path (:func:`metrics.evaluation.run_evaluation`).
 """
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from common.files import atomic_write_json
+from common.video import side_by_side, write_png
 from experiments.cli import UsageError, run
 from experiments.prediction import MODELS, check_model, end_distributed, heldout_loader, load_run, predict_clips
 from metrics.evaluation import run_evaluation
@@ -66,9 +71,19 @@ def generate(cfg: DictConfig) -> dict | None:
         "overall": overall,
     }
     atomic_write_json(out / "heldout.json", report)
+    if cfg.figure:
+        print(f"wrote the figure {write_figure(out / 'grids' / cfg.models[0], cfg.figure, cfg.figure_clips)}")
     print(format_table(overall))
     print(f"wrote {report['clips']} clips per model and heldout.json to {out}")
     return report
+
+
+def write_figure(grids: Path, path: str, clips: int) -> Path:
+    """The first ``clips`` still grids in ``grids`` (sorted by key) side by side, as one PNG at ``path``."""
+    stills = sorted(grids.glob("*.png"))[:clips]
+    if not stills:
+        raise UsageError(f"figure={path}: no still grids in {grids} (grids=false?)")
+    return write_png(path, side_by_side([np.asarray(Image.open(still).convert("RGB")) for still in stills]))
 
 
 def format_table(overall: dict[str, dict[str, float]]) -> str:

@@ -47,7 +47,7 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
         pytest.skip("needs the frameprompt smoke run")
     out = workdir / "generated"
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "sampler.steps=2", f"out={out}"],
+        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "sampler.steps=2", f"out={out}", f"figure={workdir / 'figure.png'}"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,6 +58,9 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     for model in report["overall"]:  # every model went through trainer.predict and the clip writer
         assert len(list((out / model).glob("*/frame_*.png"))) == 5
         assert len(list((out / "grids" / model).glob("*.mp4"))) == 1
+        still = np.asarray(Image.open(next((out / "grids" / model).glob("*.png"))))
+        assert still.shape == (4 * 64, 4 * 64, 3)  # 4 frames down; reference | pose | generated | truth across
+    assert np.array_equal(np.asarray(Image.open(workdir / "figure.png")), np.asarray(Image.open(next((out / "grids" / "trained").glob("*.png")))))
     assert len(list((out / "target").glob("*.pose.npy"))) == 1 and len(list((out / "target").glob("*.mask.npy"))) == 1
     assert len(list((out / "target").glob("*.plate.npy"))) == 1
     # repeating the reference is the reference frame, exactly
@@ -82,6 +85,33 @@ def test_generation_splits_clips_over_two_processes_with_the_same_result(workdir
     for a, b in zip(single, split):
         assert np.abs(np.asarray(Image.open(a), np.int16) - np.asarray(Image.open(b), np.int16)).max() <= 1
     assert json.loads((outs["ddp_cpu"] / "heldout.json").read_text())["clips"] == 2
+
+
+def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
+    from safetensors import safe_open
+
+    from animate.weights import load_transformer
+    from experiments.prediction import load_run
+
+    run = workdir / "run_base"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the base smoke run")
+    outs = {"diffusers": workdir / "exported", "original": workdir / "exported_original.safetensors"}
+    for layout, out in outs.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", f"out={out}", f"layout={layout}"],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    with safe_open(str(outs["diffusers"] / "diffusion_pytorch_model.safetensors"), "pt") as stored:
+        assert {stored.get_tensor(key).dtype for key in stored.keys()} == {torch.float16}
+    trained = load_run(str(run / "last.ckpt"))[0].backbone.transformer.state_dict()
+    for loaded in (load_transformer(outs["diffusers"]), load_transformer(outs["original"], config=outs["diffusers"])):
+        state = loaded.state_dict()
+        assert state.keys() == trained.keys()
+        assert all(torch.equal(state[key], trained[key].half().float()) for key in trained)
+    bad = subprocess.run([sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", "out=x", "dtype=int8"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: dtype=int8: use one of float16, bfloat16, float32"
 
 
 def test_no_logger_trains(workdir, smoke_overrides):

@@ -115,3 +115,14 @@ def test_guided_velocity_matches_eq16_in_one_batched_call():
     calls.clear()
     guided_velocity(fn, torch.zeros(1, 1, 1, 1, 1), torch.zeros(1, 1), [1.5, 1.5])
     assert calls == [[0, 2]]
+
+
+def test_cosine_with_warmup_rises_then_decays_to_its_floor():
+    from animate.schedules import constant_with_warmup, cosine_with_warmup
+
+    factor = cosine_with_warmup(total_steps=110, warmup_steps=10, final=0.05)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0) and factor(60) == pytest.approx(0.525) and factor(110) == pytest.approx(0.05)
+    assert factor(500) == pytest.approx(0.05)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 120))
+    assert constant_with_warmup(4)(100) == 1.0

@@ -9,10 +9,10 @@ from animate.methods.base import LatentSequence, video_pixels
 from animate.methods.frameprompt import context_causal_mask
 from animate.methods.unianimate import UniAnimate
 
-from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, tiny_backbone, unianimate
+from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, text_to_video, tiny_backbone, unianimate
 
 
-@pytest.mark.parametrize("make", [unianimate, frameprompt])
+@pytest.mark.parametrize("make", [unianimate, frameprompt, text_to_video])
 def test_loss_backward_and_generate_shapes(make):
     system = make()
     batch = fake_batch()
@@ -32,6 +32,18 @@ def test_generate_ignores_ground_truth_video():
     batch["video"] = torch.zeros_like(batch["video"])
     b = system.generate(batch, seed=3)
     torch.testing.assert_close(a, b)
+
+
+def test_text_to_video_generates_every_frame_from_noise_with_no_conditions():
+    system = text_to_video()
+    batch = fake_batch()
+    assert system.latent_inputs(training=False) == {} and system.conditions == ()
+    seq = system.build_sequence(batch, system.encode(batch, system.latent_inputs(training=True)), {}, training=True)
+    assert seq.generate.all() and seq.channel_cond is None and not seq.injections and seq.target == slice(0, seq.clean.shape[2])
+    # generation reads nothing of the clip but its shape and key: another reference gives the same video
+    video = system.generate(batch)
+    other = dict(batch, reference=torch.zeros_like(batch["reference"]), video=torch.zeros_like(batch["video"]))
+    assert torch.equal(system.generate(other), video)
 
 
 def test_unianimate_pose_encoder_receives_gradient_after_first_step():

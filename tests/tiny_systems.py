@@ -7,6 +7,7 @@ from diffusers import AutoencoderKLWan
 
 from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
 from animate.methods.frameprompt import FramePrompt
+from animate.methods.text_to_video import TextToVideo
 from animate.methods.unianimate import UniAnimate
 
 ARCH = dict(
@@ -55,3 +56,8 @@ def unianimate(**kw):
 def frameprompt(**kw):
     """A tiny FramePrompt without CFG."""
     return FramePrompt(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[1.0]), **kw)
+
+
+def text_to_video(**kw):
+    """A tiny T2V base (no conditions, no CFG)."""
+    return TextToVideo(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[]), **kw)
