@@ -368,7 +368,7 @@ def load_backbone(
 
     torch.manual_seed(init_seed)  # a random base (tiny default) is reproducible from the config alone
     if transformer.get("path"):
-        model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config"))
+        model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config")).train()  # as built: from_pretrained returns eval mode
     else:
         model = build_transformer(**transformer["architecture"])
     if transformer.get("in_channels"):

@@ -35,6 +35,15 @@ def plain_transformer(transformer: nn.Module) -> nn.Module:
     return plain
 
 
+def cast_for_export(transformer: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the weights to ``dtype``, except the modules the model class keeps in float32 (norms, time embedding)."""
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in transformer.state_dict(keep_vars=True).items():
+        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return transformer
+
+
 def export(cfg: DictConfig) -> Path:
     """Write the checkpoint's transformer to ``cfg.out``; returns the written path."""
     if cfg.dtype not in DTYPES:
@@ -42,7 +51,7 @@ def export(cfg: DictConfig) -> Path:
     if cfg.layout not in LAYOUTS:
         raise UsageError(f"layout={cfg.layout}: use one of {', '.join(LAYOUTS)}")
     system, _, checkpoint = load_run(cfg.ckpt)
-    transformer = plain_transformer(system.backbone.transformer).to(DTYPES[cfg.dtype])
+    transformer = cast_for_export(plain_transformer(system.backbone.transformer), DTYPES[cfg.dtype])
     out = Path(cfg.out)
     written = save_diffusers(transformer, out) if cfg.layout == "diffusers" else save_original_layout(transformer, out)
     print(f"wrote the transformer of {cfg.ckpt} (step {checkpoint.get('global_step')}) to {written} as {cfg.layout} {cfg.dtype}")

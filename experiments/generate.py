@@ -3,7 +3,8 @@
 ``python -m experiments.generate ckpt=RUN/last.ckpt [split=test] [num_clips=8] [sampler.steps=...]``
 generates through ``trainer.predict`` (:mod:`experiments.prediction`; ``trainer=gpu`` and the like
 apply) and writes into ``RUN/generate_<split>/``: each model's clips as lossless frames
-(``trained/KEY/``, ``untrained/KEY/``, ``repeat_reference/KEY/``), the ground truth with its
+(``trained/KEY/``, ``untrained/KEY/``, ``base/KEY/`` where the run fine-tuned a pretrained
+transformer, ``repeat_reference/KEY/``), the ground truth with its
 sidecars (``target/``), comparison grids (``grids/trained/KEY.mp4``: reference | driving pose |
 generated | ground truth, and ``KEY.png``: four of its frames), with ``figure=PATH`` the first
 ``figure_clips`` clips' still grids of the first model side by side (the README's picture), and
@@ -23,7 +24,7 @@ from PIL import Image
 from common.files import atomic_write_json
 from common.video import side_by_side, write_png
 from experiments.cli import UsageError, run
-from experiments.prediction import MODELS, check_model, end_distributed, heldout_loader, load_run, predict_clips
+from experiments.prediction import MODELS, check_model, end_distributed, has_pretrained_base, heldout_loader, load_run, predict_clips
 from metrics.evaluation import run_evaluation
 
 log = logging.getLogger(__name__)
@@ -54,25 +55,31 @@ def generate(cfg: DictConfig) -> dict | None:
     for model in cfg.models:
         check_model(model)
     trained, run_cfg, checkpoint = load_run(cfg.ckpt)
+    models = list(cfg.models)
+    if "base" in models and not has_pretrained_base(run_cfg):
+        log.info("skipping model base: the run did not start from a pretrained transformer")
+        models.remove("base")
+    if not models:
+        raise UsageError(f"models={list(cfg.models)}: nothing to generate for this run")
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / f"generate_{cfg.split}"
     loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size)
-    for index, model in enumerate(cfg.models):
+    for index, model in enumerate(models):
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)
     if not end_distributed(trainer):
         return None
-    summaries = {model: score(cfg, out, model) for model in cfg.models}
+    summaries = {model: score(cfg, out, model) for model in models}
     overall = {model: {name: summary[name] for name in cfg.metrics.names} for model, summary in summaries.items()}
     report = {
         "ckpt": str(cfg.ckpt),
         "global_step": checkpoint.get("global_step"),
         "split": cfg.split,
-        "clips": summaries[cfg.models[0]]["clips"],
+        "clips": summaries[models[0]]["clips"],
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "overall": overall,
     }
     atomic_write_json(out / "heldout.json", report)
     if cfg.figure:
-        print(f"wrote the figure {write_figure(out / 'grids' / cfg.models[0], cfg.figure, cfg.figure_clips)}")
+        print(f"wrote the figure {write_figure(out / 'grids' / models[0], cfg.figure, cfg.figure_clips)}")
     print(format_table(overall))
     print(f"wrote {report['clips']} clips per model and heldout.json to {out}")
     return report

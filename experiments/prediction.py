@@ -3,7 +3,10 @@
 ``experiments.generate`` and ``experiments.evaluate ckpt=`` both call :func:`predict_clips`, so
 the trainer config (precision such as bf16-mixed, accelerator, devices, strategy) applies to
 generation as it does to training, and several devices split the clips. A model is the trained
-checkpoint, the same system untrained (its initial weights), or the ``repeat_reference`` baseline.
+checkpoint, the same system untrained (its initial weights: for a method whose additions start at
+zero, such as UniAnimate's, exactly the pretrained base), the pretrained ``base`` transformer
+without fine-tuning, generating unconditionally as the text-to-video model it is, or the
+``repeat_reference`` baseline.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from animate.callbacks import ClipWriter
 from animate.methods.base import AnimationSystem
+from animate.methods.text_to_video import TextToVideo
 from experiments.cli import UsageError
 
 log = logging.getLogger(__name__)
 
-MODELS = ("trained", "untrained", "repeat_reference")
+MODELS = ("trained", "untrained", "base", "repeat_reference")
 
 
 def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
@@ -46,6 +50,20 @@ def build_system(run_cfg: DictConfig) -> AnimationSystem:
     """A freshly initialised system from a run config, seeded as the run was (the untrained baseline)."""
     torch.manual_seed(run_cfg.seed)
     return instantiate(run_cfg.method).eval()
+
+
+def has_pretrained_base(run_cfg: DictConfig) -> bool:
+    """Whether the run fine-tuned a pretrained transformer (``backbone.transformer.path``), so the ``base`` model exists."""
+    return bool(run_cfg.backbone.transformer.get("path"))
+
+
+def base_system(run_cfg: DictConfig) -> AnimationSystem:
+    """The run's pretrained transformer without fine-tuning, as the text-to-video model it is (no conditions)."""
+    if not has_pretrained_base(run_cfg):
+        raise UsageError("model base: the run trained a randomly initialised transformer (backbone.transformer.path is null)")
+    backbone_cfg = OmegaConf.merge(run_cfg.backbone, {"transformer": {"in_channels": None}})  # the base's own patch embedding
+    sampler = OmegaConf.to_container(run_cfg.method.sampler, resolve=True) | {"guidance": []}
+    return TextToVideo(instantiate(backbone_cfg), optimizer=None, sampler=sampler).eval()
 
 
 class HeldoutClips(IterableDataset):
@@ -89,11 +107,11 @@ def predict_clips(
 ) -> L.Trainer:
     """Generate ``loader``'s clips with ``model`` into ``out/<model>/`` (see :class:`ClipWriter`); returns the trainer."""
     check_model(model)
-    system = build_system(run_cfg) if model == "untrained" else trained
+    system = build_system(run_cfg) if model == "untrained" else base_system(run_cfg) if model == "base" else trained
     system.prediction = dict(
         steps=cfg.sampler.steps,
         shift=cfg.sampler.shift,
-        guidance=list(cfg.sampler.guidance) if cfg.sampler.guidance else None,
+        guidance=list(cfg.sampler.guidance) if cfg.sampler.guidance and model != "base" else None,  # the base has no conditions to guide
         seed=cfg.sampler.seed,
         baseline="repeat_reference" if model == "repeat_reference" else None,
     )

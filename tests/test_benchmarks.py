@@ -34,3 +34,17 @@ def test_vae_ceiling_scores_the_truth_perfectly_and_the_round_trip_below_it():
     shipped = result["asset:tiny_wan_vae"]
     assert 10 < shipped["psnr"] < 40 and all(0 <= shipped[f"silhouette_iou@{t}"] <= 1 for t in ("0.1", "0.2"))
     assert 0 <= result["repeat_reference"]["silhouette_iou@0.1"] < 1
+
+
+def test_loss_curve_averages_training_loss_per_window_and_keeps_validation(tmp_path):
+    from benchmarks.loss_curve import main
+
+    log = tmp_path / "csv" / "version_0" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "epoch,lr-AdamW,step,train/loss,val/loss\n"
+        ",0.001,9,,\n0,,9,2.0,\n0,,19,1.0,\n,0.0005,19,,\n0,,19,,0.5\n0,,29,0.25,\n"
+    )
+    table = main([str(tmp_path), "--every", "20"]).splitlines()
+    assert table[0] == "| step | train/loss | lr | val/loss |"
+    assert table[2] == "| 20 | 1.5 | 0.0005 | 0.5 |" and table[3] == "| 40 | 0.25 |  |  |"

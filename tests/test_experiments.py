@@ -34,7 +34,7 @@ def test_every_conf_trains_checkpoints_and_writes_samples(conf, workdir, smoke_o
     run = workdir / f"run_{conf}"
     result = fit([f"conf={conf}", *smoke_overrides(workdir), f"hydra.run.dir={run}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (run / "last.ckpt").exists() and (run / "checkpoints" / "step=000002.ckpt").exists()
+    assert (run / "last.ckpt").exists() and (run / "checkpoints" / "step_000002.ckpt").exists()
     assert list((run / "samples").glob("step_*.mp4")) and list((run / "samples").glob("step_*.gif"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 2
@@ -104,12 +104,14 @@ def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
         )
         assert result.returncode == 0, result.stderr[-3000:]
     with safe_open(str(outs["diffusers"] / "diffusion_pytorch_model.safetensors"), "pt") as stored:
-        assert {stored.get_tensor(key).dtype for key in stored.keys()} == {torch.float16}
+        dtypes = {key: stored.get_tensor(key).dtype for key in stored.keys()}
+    assert dtypes["blocks.0.attn1.to_q.weight"] == torch.float16 and dtypes["scale_shift_table"] == torch.float32  # diffusers' fp32 modules stay
+    assert sum(d == torch.float16 for d in dtypes.values()) > 0.8 * len(dtypes)
     trained = load_run(str(run / "last.ckpt"))[0].backbone.transformer.state_dict()
     for loaded in (load_transformer(outs["diffusers"]), load_transformer(outs["original"], config=outs["diffusers"])):
         state = loaded.state_dict()
         assert state.keys() == trained.keys()
-        assert all(torch.equal(state[key], trained[key].half().float()) for key in trained)
+        assert all(torch.equal(state[key], trained[key].to(dtypes.get(key, torch.float32)).float()) for key in trained)
     bad = subprocess.run([sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", "out=x", "dtype=int8"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: dtype=int8: use one of float16, bfloat16, float32"
 

@@ -1,0 +1,70 @@
+"""The flow-matching loss of a tiny base transformer on held-out puppet clips, beside its random init.
+
+Scores what ``conf=base`` learned without sampling: the text-to-video loss of ``conf/base.yaml``
+(rectified flow, its time sampling) on the first ``--clips`` val clips (17 frames at 128 px,
+straight from the generator), each at ``--draws`` fixed (time, noise) draws, for the transformer
+at ``--transformer`` (default: the shipped ``asset:tiny_wan_t2v``) and the seeded random init
+``conf=base`` starts from. Prints one JSON object.
+
+    python -m benchmarks.base_loss
+    python -m benchmarks.base_loss --transformer runs/base/export --clips 8 --draws 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+from common.cli import compose_config
+from data.synthetic import SyntheticConfig
+from data.synthetic.scene import make_clip
+
+FRAMES = 17
+BASE_ASSET = "asset:tiny_wan_t2v"
+
+
+def center_square(frames: np.ndarray) -> np.ndarray:
+    """The centred square crop of (T, H, W, 3) frames (the puppets come in several aspect ratios)."""
+    side = min(frames.shape[1:3])
+    top, left = (frames.shape[1] - side) // 2, (frames.shape[2] - side) // 2
+    return np.ascontiguousarray(frames[:, top : top + side, left : left + side])
+
+
+def heldout_batch(clips: int) -> dict:
+    """The first ``clips`` val clips of the default puppets as a T2V training batch (video in [-1, 1])."""
+    config = SyntheticConfig()
+    frames = [center_square(make_clip(config, "val", identity, 0).frames[:FRAMES]) for identity in list(config.identities("val"))[:clips]]
+    video = torch.stack([torch.from_numpy(f).float().div(127.5).sub(1).permute(3, 0, 1, 2) for f in frames])  # (B, 3, T, H, W)
+    b, _, t, h, w = video.shape
+    return {"video": video, "reference": video[:, :, 0], "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16)}
+
+
+@torch.no_grad()
+def heldout_loss(transformer: str | None, batch: dict, draws: int) -> float:
+    """Mean T2V loss of the transformer at ``transformer`` (None: conf=base's random init) over ``draws`` seeded draws."""
+    overrides = [f"backbone.transformer.path={transformer}" if transformer else "backbone.transformer.path=null", "method.latent_cache=null"]
+    system = instantiate(compose_config("base", overrides).method).eval()
+    return float(sum(system.loss(batch, torch.Generator().manual_seed(draw)) for draw in range(draws)) / draws)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Print and return {"base": loss, "random_init": loss}."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.base_loss", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transformer", default=BASE_ASSET, help="a diffusers dir, an original Wan file, or asset:NAME")
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batch = heldout_batch(args.clips)
+    result = {"base": round(heldout_loss(args.transformer, batch, args.draws), 4), "random_init": round(heldout_loss(None, batch, args.draws), 4)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
