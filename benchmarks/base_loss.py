@@ -4,10 +4,13 @@ Scores what ``conf=base`` learned without sampling: the text-to-video loss of ``
 (rectified flow, its time sampling) on the first ``--clips`` val clips (17 frames at 128 px,
 straight from the generator), each at ``--draws`` fixed (time, noise) draws, for the transformer
 at ``--transformer`` (default: the shipped ``asset:tiny_wan_t2v``) and the seeded random init
-``conf=base`` starts from. Prints one JSON object.
+``conf=base`` starts from. With ``--times``, also how well the base recovers the clean latents
+from a noised clip at each time t: the error of its clean-clip estimate x_t - t v, and how much of
+the noise leaks into that estimate (half the spread between two noise draws; 0 for a perfect
+model, whose estimate depends on the clip alone). Prints one JSON object.
 
     python -m benchmarks.base_loss
-    python -m benchmarks.base_loss --transformer runs/base/export --clips 8 --draws 4
+    python -m benchmarks.base_loss --transformer runs/base/export --clips 8 --draws 4 --times 1 0.9 0.5 0.1
 """
 
 from __future__ import annotations
@@ -51,17 +54,40 @@ def heldout_loss(transformer: str | None, batch: dict, draws: int) -> float:
     return float(sum(system.loss(batch, torch.Generator().manual_seed(draw)) for draw in range(draws)) / draws)
 
 
+@torch.no_grad()
+def denoising(transformer: str, batch: dict, times: list[float]) -> dict[str, float]:
+    """{"x0_error@t": RMS error of the clean-latent estimate, "noise_leak@t": its dependence on the noise} per t."""
+    system = instantiate(compose_config("base", [f"backbone.transformer.path={transformer}", "method.latent_cache=null"]).method).eval()
+    clean = system.backbone.vae.encode(batch["video"])  # (B, C, F, h, w)
+    seq = system.build_sequence(batch, {"video": clean}, {}, training=True)
+    result = {}
+    for t in times:
+        frames_t = torch.full(seq.generate.shape, t)
+        estimates = []
+        for draw in range(2):
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(draw))
+            noisy = (1 - t) * clean + t * noise
+            estimates.append(noisy - t * system(seq, noisy, frames_t))
+        result[f"x0_error@{t:g}"] = round(float((estimates[0] - clean).pow(2).mean().sqrt()), 3)
+        result[f"noise_leak@{t:g}"] = round(float((estimates[0] - estimates[1]).pow(2).mean().sqrt() / 2**0.5), 3)
+    result["clean_latent_rms"] = round(float(clean.pow(2).mean().sqrt()), 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Print and return {"base": loss, "random_init": loss}."""
+    """Print and return {"base": loss, "random_init": loss} (and the denoising scores with ``--times``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.base_loss", description=__doc__.split("\n\n")[0])
     parser.add_argument("--transformer", default=BASE_ASSET, help="a diffusers dir, an original Wan file, or asset:NAME")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--times", type=float, nargs="*", default=[], help="flow times at which to score the base's clean-clip estimate")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch = heldout_batch(args.clips)
     result = {"base": round(heldout_loss(args.transformer, batch, args.draws), 4), "random_init": round(heldout_loss(None, batch, args.draws), 4)}
+    if args.times:
+        result |= denoising(args.transformer, batch, args.times)
     print(json.dumps(result))
     return result
 

@@ -52,7 +52,7 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "heldout.json").read_text())
-    assert set(report["overall"]) == {"trained", "untrained", "repeat_reference"} and report["clips"] == 1
+    assert set(report["overall"]) == {"trained", "untrained", "base", "repeat_reference"} and report["clips"] == 1
     assert all(set(values) == {"psnr", "psnr_mask", "ssim_mask", "silhouette_iou", "fpsnr"} for values in report["overall"].values())
     assert report["overall"]["repeat_reference"]["silhouette_iou"] < 1 and all(0 <= v["silhouette_iou"] <= 1 for v in report["overall"].values())
     for model in report["overall"]:  # every model went through trainer.predict and the clip writer
@@ -85,6 +85,18 @@ def test_generation_splits_clips_over_two_processes_with_the_same_result(workdir
     for a, b in zip(single, split):
         assert np.abs(np.asarray(Image.open(a), np.int16) - np.asarray(Image.open(b), np.int16)).max() <= 1
     assert json.loads((outs["ddp_cpu"] / "heldout.json").read_text())["clips"] == 2
+
+
+def test_generate_skips_the_base_model_for_a_run_from_random_init(workdir):
+    run = workdir / "run_base"  # conf=base trains from the seeded random init: there is no base to compare
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the base smoke run")
+    out = workdir / "generated_base_run"
+    command = [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=1", "sampler.steps=1",
+               "models=[trained,base]", "grids=false", f"out={out}"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(json.loads((out / "heldout.json").read_text())["overall"]) == {"trained"}
 
 
 def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):

@@ -3,9 +3,9 @@
 - The reference enters the I2V way: the VAE latent of [reference, zero frames] and a 4-channel
   first-frame mask are concatenated on channels with the noisy latent (``channel_cond``).
   ``reference_latent="frame0"`` encodes the reference alone and pads with zero latents: 17x
-  cheaper to encode. ``"repeat"`` puts the reference latent in every frame: a DiT trained from
-  scratch then copies appearance per token instead of first learning Wan I2V's frame-0 copy
-  through attention, which a pretrained I2V model already has (it expects ``"i2v"``).
+  cheaper to encode. ``"repeat"`` puts the reference latent in every frame: a T2V base (the
+  tiny default's) then copies appearance per token instead of first learning Wan I2V's frame-0
+  copy through attention, which a pretrained I2V model already has (it expects ``"i2v"``).
 - :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
