@@ -44,11 +44,11 @@ def still_grid(grid: np.ndarray, frames: int = 4) -> np.ndarray:
 
 
 def side_by_side(images: list[np.ndarray], gap: int = 8) -> np.ndarray:
-    """uint8 (H, W_i, 3) images of one height in a row, separated by white ``gap``-pixel columns."""
-    if len({image.shape[0] for image in images}) != 1:
-        raise ValueError(f"side_by_side needs images of one height, got {[image.shape for image in images]}")
-    spacer = np.full((images[0].shape[0], gap, 3), 255, dtype=np.uint8)
-    parts = [part for image in images for part in (image, spacer)][:-1]
+    """uint8 (H_i, W_i, 3) images in a row, top-aligned on white, separated by ``gap``-pixel white columns."""
+    height = max(image.shape[0] for image in images)
+    padded = [np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255) for image in images]
+    spacer = np.full((height, gap, 3), 255, dtype=np.uint8)
+    parts = [part for image in padded for part in (image, spacer)][:-1]
     return np.concatenate(parts, axis=1)
 
 
