@@ -114,9 +114,8 @@ def compression_of(transformer: nn.Module, vae: VideoAutoencoder | None = None) 
     pt, ph, pw = wan.patch_size(transformer)
     if ph != pw:
         raise ValueError(f"transformer patch_size {[pt, ph, pw]}: the framework needs square spatial patches")
-    if vae is None:
-        return Compression(vae_time=WAN.vae_time, vae_space=WAN.vae_space, patch_time=pt, patch_space=ph)
-    return Compression(vae_time=vae.time_compression, vae_space=vae.space_compression, patch_time=pt, patch_space=ph)
+    vae_time, vae_space = (WAN.vae_time, WAN.vae_space) if vae is None else (vae.time_compression, vae.space_compression)
+    return Compression(vae_time=vae_time, vae_space=vae_space, patch_time=pt, patch_space=ph)
 
 
 class WanBackbone(nn.Module):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from animate.flow import interpolate
+from animate.methods.base import AnimationSystem
 from common.cli import compose_config
 from data.synthetic import SyntheticConfig
 from data.synthetic.scene import make_clip
@@ -46,27 +48,29 @@ def heldout_batch(clips: int) -> dict:
     return {"video": video, "reference": video[:, :, 0], "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16)}
 
 
+def base_system(transformer: str | None) -> AnimationSystem:
+    """conf=base's system with the transformer at ``transformer`` (None: its seeded random init), no latent cache."""
+    path = f"backbone.transformer.path={transformer}" if transformer else "backbone.transformer.path=null"
+    return instantiate(compose_config("base", [path, "method.latent_cache=null"]).method).eval()
+
+
 @torch.no_grad()
-def heldout_loss(transformer: str | None, batch: dict, draws: int) -> float:
-    """Mean T2V loss of the transformer at ``transformer`` (None: conf=base's random init) over ``draws`` seeded draws."""
-    overrides = [f"backbone.transformer.path={transformer}" if transformer else "backbone.transformer.path=null", "method.latent_cache=null"]
-    system = instantiate(compose_config("base", overrides).method).eval()
+def heldout_loss(system: AnimationSystem, batch: dict, draws: int) -> float:
+    """Mean T2V loss of ``system`` on ``batch`` over ``draws`` seeded (time, noise) draws."""
     return float(sum(system.loss(batch, torch.Generator().manual_seed(draw)) for draw in range(draws)) / draws)
 
 
 @torch.no_grad()
-def denoising(transformer: str, batch: dict, times: list[float]) -> dict[str, float]:
+def denoising(system: AnimationSystem, batch: dict, times: list[float]) -> dict[str, float]:
     """{"x0_error@t": RMS error of the clean-latent estimate, "noise_leak@t": its dependence on the noise} per t."""
-    system = instantiate(compose_config("base", [f"backbone.transformer.path={transformer}", "method.latent_cache=null"]).method).eval()
     clean = system.backbone.vae.encode(batch["video"])  # (B, C, F, h, w)
     seq = system.build_sequence(batch, {"video": clean}, {}, training=True)
     result = {}
     for t in times:
-        frames_t = torch.full(seq.generate.shape, t)
+        frames_t = torch.full(seq.generate.shape, t)  # (B, F)
         estimates = []
         for draw in range(2):
-            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(draw))
-            noisy = (1 - t) * clean + t * noise
+            noisy = interpolate(clean, torch.randn(clean.shape, generator=torch.Generator().manual_seed(draw)), frames_t)
             estimates.append(noisy - t * system(seq, noisy, frames_t))
         result[f"x0_error@{t:g}"] = round(float((estimates[0] - clean).pow(2).mean().sqrt()), 3)
         result[f"noise_leak@{t:g}"] = round(float((estimates[0] - estimates[1]).pow(2).mean().sqrt() / 2**0.5), 3)
@@ -85,9 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch = heldout_batch(args.clips)
-    result = {"base": round(heldout_loss(args.transformer, batch, args.draws), 4), "random_init": round(heldout_loss(None, batch, args.draws), 4)}
+    base = base_system(args.transformer)
+    result = {"base": round(heldout_loss(base, batch, args.draws), 4), "random_init": round(heldout_loss(base_system(None), batch, args.draws), 4)}
     if args.times:
-        result |= denoising(args.transformer, batch, args.times)
+        result |= denoising(base, batch, args.times)
     print(json.dumps(result))
     return result
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import animate
 from animate.weights import load_transformer, save_original_layout
-from benchmarks.base_loss import heldout_batch, heldout_loss
+from benchmarks.base_loss import base_system, heldout_batch, heldout_loss
 from common.cli import compose_config
 
 ASSETS = Path(animate.__file__).parent / "assets"
@@ -47,9 +47,9 @@ def test_base_loads_through_both_weight_layouts(tmp_path):
 
 def test_base_reproduces_its_stated_loss_far_below_its_random_init():
     batch = heldout_batch(STATED_LOSS_CLIPS)
-    loss = heldout_loss("asset:tiny_wan_t2v", batch, STATED_LOSS_DRAWS)
+    loss = heldout_loss(base_system("asset:tiny_wan_t2v"), batch, STATED_LOSS_DRAWS)
     assert loss == pytest.approx(STATED_LOSS, abs=0.01)
-    assert heldout_loss(None, batch, STATED_LOSS_DRAWS) > 2 * loss
+    assert heldout_loss(base_system(None), batch, STATED_LOSS_DRAWS) > 2 * loss
 
 
 def test_unianimate_widens_the_base_with_zero_initialised_channels():
@@ -62,6 +62,6 @@ def test_unianimate_widens_the_base_with_zero_initialised_channels():
 def test_base_recovers_clean_latents_from_lightly_noised_clips():
     from benchmarks.base_loss import denoising
 
-    scores = denoising("asset:tiny_wan_t2v", heldout_batch(1), [0.1])
+    scores = denoising(base_system("asset:tiny_wan_t2v"), heldout_batch(1), [0.1])
     assert scores["x0_error@0.1"] < 0.15 * scores["clean_latent_rms"]  # a naive x_t / (1 - t) is off by 0.11 (noise x t / (1 - t))
     assert scores["noise_leak@0.1"] < scores["x0_error@0.1"]
