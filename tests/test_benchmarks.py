@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 
 def test_train_step_reports_a_breakdown(workdir, smoke_overrides):
     from benchmarks.train_step import main
@@ -34,6 +36,27 @@ def test_vae_ceiling_scores_the_truth_perfectly_and_the_round_trip_below_it():
     shipped = result["asset:tiny_wan_vae"]
     assert 10 < shipped["psnr"] < 40 and all(0 <= shipped[f"silhouette_iou@{t}"] <= 1 for t in ("0.1", "0.2"))
     assert 0 <= result["repeat_reference"]["silhouette_iou@0.1"] < 1
+
+
+class FrameSubsamplingVAE:
+    """A stand-in causal VAE whose latent frames are pixel frames 0, 4, 8, ...: a still image has one encoding."""
+
+    def encode(self, video):
+        return video[:, :, ::4]
+
+    def decode(self, latents):
+        return torch.cat([latents[:, :, :1], latents[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
+
+
+def test_vae_still_is_zero_for_one_encoding_and_reports_the_shipped_vae():
+    from benchmarks.vae_still import main, still_scores
+
+    scores = still_scores(FrameSubsamplingVAE(), torch.rand(3, 16, 16))
+    assert all(scores[f"image_vs_still@{k}"] == 0 and scores[f"still_step@{k}"] == 0 for k in range(1, 5))
+    assert scores["psnr_still"] == scores["psnr_repeat"] == 100.0
+    shipped = main(["--clips", "1"])["asset:tiny_wan_vae"]
+    assert set(shipped) == set(scores) and all(v >= 0 for v in shipped.values())
+    assert 10 < shipped["psnr_still"] < 40
 
 
 def test_loss_curve_averages_training_loss_per_window_and_keeps_validation(tmp_path):
