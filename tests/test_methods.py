@@ -191,3 +191,16 @@ def test_unianimate_repeat_reference_latent_fills_every_frame():
     assert reference.shape == latents["video"].shape
     for frame in range(reference.shape[2]):
         torch.testing.assert_close(reference[:, :, frame], latents["reference"][:, :, 0])
+
+
+def test_unianimate_still_reference_latent_is_the_held_reference_encoded_as_a_clip():
+    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="still")
+    batch = fake_batch()
+    assert list(system.latent_inputs(training=False)) == ["reference_still"]
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    reference = system.reference_latents(batch, latents)
+    assert reference.shape == latents["video"].shape
+    held = batch["reference"][:, :, None].expand_as(batch["video"])
+    torch.testing.assert_close(reference, system.backbone.vae.encode(held))
+    # latent frame 0 encodes the reference alone, as the one-frame "repeat" latent does
+    torch.testing.assert_close(reference[:, :, :1], system.backbone.vae.encode(batch["reference"][:, :, None]))

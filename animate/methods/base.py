@@ -114,6 +114,11 @@ def reference_pixels(batch: dict) -> Tensor:
     return batch["reference"][:, :, None]
 
 
+def reference_still_pixels(batch: dict) -> Tensor:
+    """The reference held still for the target's length (B, 3, T, H, W): its latents share each target frame's causal-VAE encoding."""
+    return batch["reference"][:, :, None].expand_as(batch["video"])
+
+
 def reference_clip_pixels(batch: dict) -> Tensor:
     """Wan I2V's conditioning clip: the reference followed by zero frames (B, 3, T, H, W)."""
     video = batch["video"]

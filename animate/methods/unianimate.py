@@ -6,6 +6,11 @@
   cheaper to encode. ``"repeat"`` puts the reference latent in every frame: a T2V base (the
   tiny default's) then copies appearance per token instead of first learning Wan I2V's frame-0
   copy through attention, which a pretrained I2V model already has (it expects ``"i2v"``).
+  ``"still"`` (the tiny default) encodes the reference held still for the clip's length, so
+  each latent frame is in the same causal-VAE encoding as the target frame at its position:
+  a causal VAE encodes frame 0 alone and later frames in groups of 4, and the tiny VAE's
+  one-frame latent differs from its group latents of the same still image
+  (``python -m benchmarks.vae_still``), so ``"repeat"`` asks the DiT to translate between them.
 - :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
@@ -34,6 +39,7 @@ from animate.methods.base import (
     keep_samples,
     reference_clip_pixels,
     reference_pixels,
+    reference_still_pixels,
     video_pixels,
 )
 from animate.modules.pose_encoders import PoseVideoEncoder, ReferencePoseEncoder
@@ -48,7 +54,7 @@ def first_frame_mask(batch: int, frames: int, height: int, width: int, channels:
     return mask
 
 
-REFERENCE_LATENTS = ("i2v", "frame0", "repeat")
+REFERENCE_LATENTS = ("i2v", "frame0", "repeat", "still")
 
 
 def unit_range(pose: Tensor) -> Tensor:
@@ -92,13 +98,18 @@ class UniAnimate(AnimationSystem):
         )
 
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
-        reference = {"reference_clip": reference_clip_pixels} if self.reference_latent == "i2v" else {"reference": reference_pixels}
+        reference = {
+            "i2v": {"reference_clip": reference_clip_pixels},
+            "still": {"reference_still": reference_still_pixels},
+        }.get(self.reference_latent, {"reference": reference_pixels})
         return {"video": video_pixels, **reference} if training else reference
 
     def reference_latents(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
         """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V), VAE(reference) then zeros, or repeated."""
         if self.reference_latent == "i2v":
             return latents["reference_clip"]
+        if self.reference_latent == "still":
+            return latents["reference_still"]
         c, f, h, w = self.target_latent_shape(batch)
         reference = latents["reference"]  # (B, C, 1, h, w)
         if self.reference_latent == "repeat":
