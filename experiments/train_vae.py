@@ -32,7 +32,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from animate import diffusers_wan as wan
-from animate.weights import save_diffusers
+from animate.backbone import resolve_path
+from animate.weights import load_vae, save_diffusers
 from common.cli import compose_config, run, to_dataclass
 from common.geometry import WAN
 from data.shards import Sample, iter_shard_samples, read_manifest
@@ -50,6 +51,7 @@ class TrainVAEConfig:
     """Settings of a VAE training run: the keys of conf/train_vae.yaml (which holds the defaults and their meaning)."""
 
     out: str
+    init: str | None
     dataset: str | None
     puppets: dict[str, Any]
     paths: dict[str, Any]
@@ -63,6 +65,8 @@ class TrainVAEConfig:
     l1_weight: float
     edge_weight: float
     kl_weight: float
+    still_fraction: float
+    still_weight: float
     posterior: str
     zero_init: bool
     base_dim: int
@@ -82,6 +86,8 @@ class TrainVAEConfig:
             raise ValueError(f"steps={self.steps}: must be at least 1")
         if not self.train_frames or any(frames < 1 or (frames - 1) % WAN.vae_time for frames in self.train_frames):
             raise ValueError(f"train_frames={self.train_frames}: must be frame counts 1 + {WAN.vae_time}k (1, 5, 9, 17, ...)")
+        if not 0 <= self.still_fraction <= 1:
+            raise ValueError(f"still_fraction={self.still_fraction}: must be in [0, 1]")
         if self.posterior not in ("sample", "mean"):
             raise ValueError(f"posterior={self.posterior}: must be one of sample, mean")
         if len(self.dim_mult) < 2:
@@ -99,7 +105,7 @@ def settings(overrides: list[str] = ()) -> TrainVAEConfig:
 
 
 def build_vae(args: TrainVAEConfig) -> AutoencoderKLWan:
-    """A freshly initialised tiny Wan VAE (seeded) that starts trainable.
+    """The VAE to train: ``init``'s weights when given, else a freshly initialised tiny Wan VAE (seeded).
 
     Two departures from diffusers' default initialisation, both measured to matter here:
     the posterior log-variance bias starts at INITIAL_LOGVAR (std 0.05; at std ~1 the sampled
@@ -108,6 +114,8 @@ def build_vae(args: TrainVAEConfig) -> AutoencoderKLWan:
     (``zero_init=false`` turns it off; docs/TINY_VAE.md has the probe numbers).
     """
     torch.manual_seed(args.seed)
+    if args.init:
+        return load_vae(resolve_path(args.init)).float().train()
     vae = AutoencoderKLWan(
         base_dim=args.base_dim,
         decoder_base_dim=args.decoder_base_dim,
@@ -182,8 +190,30 @@ def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tens
     return wan.vae_decode_unclamped(vae, latents)
 
 
+def hold_still(video: torch.Tensor, fraction: float) -> tuple[torch.Tensor, int]:
+    """Replace the first ``fraction`` of the clips (at least one when positive) by their first frame held still; returns (video, count)."""
+    count = min(video.shape[0], math.ceil(fraction * video.shape[0])) if video.shape[2] > 1 else 0
+    if count:
+        video = torch.cat([video[:count, :, :1].expand(-1, -1, video.shape[2], -1, -1), video[count:]])
+    return video, count
+
+
+def still_consistency(latents: torch.Tensor, still: int) -> torch.Tensor:
+    """Mean square distance of the still clips' later latent frames to their one-frame latent (frame 0), over the latents' variance.
+
+    A causal VAE encodes frame 0 alone and later frames in groups; with this term a still image
+    has one encoding either way, as in Wan's joint image-video latent space, so a reference
+    image's latent is a copy away from a video's latent frames.
+    """
+    if not still:
+        return latents.new_zeros(())
+    held = latents[:still]  # (S, C, F, h, w)
+    return (held[:, :, 1:] - held[:, :, :1]).square().mean() / latents.detach().var().clamp_min(1e-6)
+
+
 def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: TrainVAEConfig) -> tuple[torch.Tensor, dict]:
-    """MSE + L1 + edge L1 on the reconstruction of a posterior sample, plus the KL to N(0, 1)."""
+    """MSE + L1 + edge L1 on the reconstruction of a posterior sample, the KL to N(0, 1), and the still-clip consistency."""
+    video, still = hold_still(video, args.still_fraction if args.still_weight else 0.0)
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator) if args.posterior == "sample" else posterior.mean
     reconstruction = decode_unclamped(vae, latents)  # (B, 3, T, H, W)
@@ -191,8 +221,9 @@ def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.G
     l1 = (reconstruction - video).abs().mean()
     edge = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(reconstruction), image_gradients(video)))
     kl = 0.5 * (posterior.mean.square() + posterior.var - 1 - posterior.logvar).mean()
-    loss = mse + args.l1_weight * l1 + args.edge_weight * edge + args.kl_weight * kl
-    return loss, {"mse": mse.item(), "kl": kl.item()}
+    consistency = still_consistency(posterior.mean, still)
+    loss = mse + args.l1_weight * l1 + args.edge_weight * edge + args.kl_weight * kl + args.still_weight * consistency
+    return loss, {"mse": mse.item(), "kl": kl.item(), "still": consistency.item()}
 
 
 def batch_shapes(args: TrainVAEConfig, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -225,7 +256,7 @@ def train(vae: AutoencoderKLWan, samples: list[Sample], args: TrainVAEConfig) ->
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{-10 * math.log10(parts['mse'] / 4):.1f}", kl=f"{parts['kl']:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{-10 * math.log10(parts['mse'] / 4):.1f}", kl=f"{parts['kl']:.2f}", still=f"{parts['still']:.3f}")
     set_conv_memory_format(vae, torch.contiguous_format)
     vae.eval()
 

@@ -154,3 +154,38 @@ def test_default_recipe_builds_the_shipped_architecture():
     shipped = load_vae(SHIPPED_VAE).config
     keys = ("base_dim", "decoder_base_dim", "dim_mult", "temperal_downsample", "num_res_blocks", "z_dim", "scale_factor_spatial")
     assert {key: built[key] for key in keys} == {key: shipped[key] for key in keys}
+
+
+def test_hold_still_replaces_the_first_clips_by_their_first_frame():
+    from experiments.train_vae import hold_still
+
+    video = torch.randn(4, 3, 5, 8, 8)
+    held, count = hold_still(video, 0.25)
+    assert count == 1
+    assert torch.equal(held[0], video[0, :, :1].expand(-1, 5, -1, -1)) and torch.equal(held[1:], video[1:])
+    assert hold_still(video[:, :, :1], 0.5)[1] == 0  # single frames are already still
+    assert hold_still(video, 0.0)[1] == 0
+
+
+def test_still_consistency_is_zero_for_one_encoding_and_pulls_later_frames_to_frame_0():
+    from experiments.train_vae import still_consistency
+
+    one = torch.randn(2, 16, 1, 4, 4).expand(-1, -1, 3, -1, -1)
+    assert still_consistency(one, 2) == 0
+    latents = torch.randn(2, 16, 3, 4, 4, requires_grad=True)
+    loss = still_consistency(latents, 1)
+    assert loss > 0
+    loss.backward()
+    assert latents.grad[1].abs().sum() == 0  # only the still clip is constrained
+    assert latents.grad[0, :, 1:].abs().sum() > 0
+
+
+def test_init_fine_tunes_the_given_vae(tmp_path):
+    from experiments.train_vae import build_vae
+
+    vae = build_vae(settings(["out=unused", "init=asset:tiny_wan_vae", "base_dim=8"]))  # init's architecture wins
+    shipped = load_vae(SHIPPED_VAE)
+    assert vae.training and vae.config.base_dim == shipped.config.base_dim
+    assert all(torch.equal(a, b.float()) for a, b in zip(vae.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(ValueError, match="still_fraction"):
+        settings(["out=unused", "still_fraction=1.5"])
