@@ -10,7 +10,8 @@ means over training clips go into the config's ``latents_mean``/``latents_std`` 
 convention: ``z_normalised = (z - mean) / std``), the held-out reconstruction PSNR is printed
 (overall and inside the person mask), and the model is written in diffusers layout (config.json +
 diffusion_pytorch_model.safetensors, float32). Settings and their defaults (which reproduce the
-shipped VAE): conf/train_vae.yaml. Without ``dataset=`` it trains on the training configs' default
+shipped VAE's first stage; its second fine-tunes that with ``init`` and ``still_weight``, see
+docs/TINY_VAE.md): conf/train_vae.yaml. Without ``dataset=`` it trains on the training configs' default
 puppets (``${paths.cache}/data/synthetic``, made on first use). Output is a function of the
 settings and the data (fixed seeds; CPU).
 """
