@@ -27,12 +27,10 @@ import torch
 
 from animate.backbone import VideoAutoencoder, resolve_path
 from animate.weights import load_vae
-from benchmarks.vae_ceiling import REFERENCE_FRAME, unit_frames
+from benchmarks.vae_ceiling import FRAMES, REFERENCE_FRAME, unit_frames
 from data.synthetic import SyntheticConfig
 from data.synthetic.scene import make_clip
 from metrics.pixel import frame_psnr
-
-FRAMES = 17
 
 
 def relative_rms(x: torch.Tensor, scale: torch.Tensor) -> float:

@@ -170,13 +170,19 @@ def test_latent_cache_hits_on_second_encode(tmp_path):
     assert system.latent_cache.misses == 2 and system.latent_cache.hits == 2
 
 
-def test_unianimate_frame0_reference_latent_encodes_one_frame():
-    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="frame0")
+def unianimate_reference(mode: str) -> tuple[UniAnimate, dict, dict, torch.Tensor]:
+    """(system, batch, training latents, reference latents) of UniAnimate with ``reference_latent=mode``; the reference has the target's shape."""
+    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent=mode)
     batch = fake_batch()
-    assert list(system.latent_inputs(training=False)) == ["reference"]
     latents = system.encode(batch, system.latent_inputs(training=True))
     reference = system.reference_latents(batch, latents)
     assert reference.shape == latents["video"].shape
+    return system, batch, latents, reference
+
+
+def test_unianimate_frame0_reference_latent_encodes_one_frame():
+    system, _, latents, reference = unianimate_reference("frame0")
+    assert list(system.latent_inputs(training=False)) == ["reference"]
     torch.testing.assert_close(reference[:, :, :1], latents["reference"])
     assert torch.all(reference[:, :, 1:] == 0)
     with pytest.raises(ValueError, match="reference_latent"):
@@ -184,22 +190,14 @@ def test_unianimate_frame0_reference_latent_encodes_one_frame():
 
 
 def test_unianimate_repeat_reference_latent_fills_every_frame():
-    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="repeat")
-    batch = fake_batch()
-    latents = system.encode(batch, system.latent_inputs(training=True))
-    reference = system.reference_latents(batch, latents)
-    assert reference.shape == latents["video"].shape
+    _, _, latents, reference = unianimate_reference("repeat")
     for frame in range(reference.shape[2]):
         torch.testing.assert_close(reference[:, :, frame], latents["reference"][:, :, 0])
 
 
 def test_unianimate_still_reference_latent_is_the_held_reference_encoded_as_a_clip():
-    system = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="still")
-    batch = fake_batch()
+    system, batch, _, reference = unianimate_reference("still")
     assert list(system.latent_inputs(training=False)) == ["reference_still"]
-    latents = system.encode(batch, system.latent_inputs(training=True))
-    reference = system.reference_latents(batch, latents)
-    assert reference.shape == latents["video"].shape
     held = batch["reference"][:, :, None].expand_as(batch["video"])
     torch.testing.assert_close(reference, system.backbone.vae.encode(held))
     # latent frame 0 encodes the reference alone, as the one-frame "repeat" latent does

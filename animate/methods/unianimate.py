@@ -105,7 +105,7 @@ class UniAnimate(AnimationSystem):
         return {"video": video_pixels, **reference} if training else reference
 
     def reference_latents(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
-        """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V), VAE(reference) then zeros, or repeated."""
+        """(B, C, F, h, w): VAE([reference, zero frames]) (Wan I2V), VAE(reference) then zeros, repeated, or VAE(reference held still)."""
         if self.reference_latent == "i2v":
             return latents["reference_clip"]
         if self.reference_latent == "still":
