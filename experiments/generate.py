@@ -74,6 +74,7 @@ def generate(cfg: DictConfig) -> dict | None:
         "global_step": checkpoint.get("global_step"),
         "split": cfg.split,
         "clips": summaries[models[0]]["clips"],
+        "num_clips": cfg.num_clips,  # as asked: the split may hold fewer
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "overall": overall,
     }

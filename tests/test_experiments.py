@@ -99,6 +99,26 @@ def test_generate_skips_the_base_model_for_a_run_from_random_init(workdir):
     assert set(json.loads((out / "heldout.json").read_text())["overall"]) == {"trained"}
 
 
+def test_heldout_curve_scores_checkpoints_beside_the_baselines_and_skips_scored_steps(workdir):
+    run = workdir / "run_unianimate"
+    if not (run / "checkpoints" / "step_000002.ckpt").exists():
+        pytest.skip("needs the unianimate smoke run")
+    command = [sys.executable, "-m", "benchmarks.heldout_curve", str(run), "--steps", "2", "--num-clips", "1", "sampler.steps=1", "grids=false"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((run / "heldout_curve" / "curve.json").read_text())["rows"]
+    assert [(row["model"], row["step"]) for row in rows] == [("untrained", 0), ("repeat_reference", None), ("trained", 2)]
+    assert all(0 <= row["silhouette_iou"] <= 1 and row["clips"] == 1 for row in rows)
+    table = (run / "heldout_curve" / "curve.md").read_text().splitlines()
+    assert table[0].startswith("| model | step | psnr | psnr_mask | silhouette_iou") and table[4].startswith("| trained | 2 | ")
+    report = run / "heldout_curve" / "step_2" / "heldout.json"
+    scored_at = report.stat().st_mtime_ns
+    again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and report.stat().st_mtime_ns == scored_at  # already scored: not generated again
+    missing = subprocess.run([*command[:5], "3"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "no checkpoint of step 3; saved steps: [2]" in missing.stderr
+
+
 def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     from safetensors import safe_open
 
