@@ -17,7 +17,7 @@ and LoRA targets stay diffusers'; every reach into diffusers' internals goes thr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -128,15 +128,21 @@ class WanBackbone(nn.Module):
         text_embedding: Tensor | None = None,
         gradient_checkpointing: bool = False,
         compression: Compression | None = None,
+        pretrained: Iterable[str] = (),
     ):
         super().__init__()
         self.transformer = transformer
+        self.pretrained = frozenset(pretrained)  # transformer parameter names loaded unchanged from a checkpoint
         self.vae = vae
         self.compression = compression or compression_of(transformer, vae)
         self.gradient_checkpointing = gradient_checkpointing
         if text_embedding is None:
             text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
         self.register_buffer("text_embedding", text_embedding, persistent=False)  # (1, S, text_dim)
+
+    def pretrained_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the transformer weights that came from a checkpoint as they were (not widened, not new)."""
+        return ((name, p) for name, p in self.transformer.named_parameters() if name in self.pretrained)
 
     @property
     def dim(self) -> int:
@@ -370,8 +376,10 @@ def load_backbone(
         model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config")).train()  # as built: from_pretrained returns eval mode
     else:
         model = build_transformer(**transformer["architecture"])
-    if transformer.get("in_channels"):
+    pretrained = {name for name, _ in model.named_parameters()} if transformer.get("path") else set()
+    if transformer.get("in_channels") and transformer["in_channels"] != model.config.in_channels:
         expand_patch_embedding(model, transformer["in_channels"])
+        pretrained -= {"patch_embedding.weight"}  # partly new: its added input channels start at zero
     autoencoder = None
     if vae and vae.get("path"):
         autoencoder = VideoAutoencoder(load_vae(resolve_path(vae["path"]), config=vae.get("config"))).eval()
@@ -379,4 +387,4 @@ def load_backbone(
     embedding = empty_prompt_embedding(
         model.config.text_dim, text["length"], text["encoder"], text["cache_dir"], text["prompt"], text["seed"]
     )
-    return WanBackbone(model, autoencoder, embedding, gradient_checkpointing=gradient_checkpointing)
+    return WanBackbone(model, autoencoder, embedding, gradient_checkpointing=gradient_checkpointing, pretrained=pretrained)

@@ -202,3 +202,27 @@ def test_unianimate_still_reference_latent_is_the_held_reference_encoded_as_a_cl
     torch.testing.assert_close(reference, system.backbone.vae.encode(held))
     # latent frame 0 encodes the reference alone, as the one-frame "repeat" latent does
     torch.testing.assert_close(reference[:, :, :1], system.backbone.vae.encode(batch["reference"][:, :, None]))
+
+
+def test_pretrained_weights_train_at_their_own_learning_rate_and_new_ones_at_the_full_rate(tmp_path):
+    from animate.backbone import WanBackbone, load_backbone
+
+    from tiny_systems import tiny_vae
+
+    torch.manual_seed(0)
+    build_transformer(**ARCH).save_pretrained(tmp_path / "base")
+    loaded = load_backbone(transformer={"path": str(tmp_path / "base"), "in_channels": 36}, text={"length": 4})
+    assert "blocks.0.attn1.to_q.weight" in loaded.pretrained and "patch_embedding.bias" in loaded.pretrained
+    assert "patch_embedding.weight" not in loaded.pretrained  # widened: its reference channels are new
+    backbone = WanBackbone(loaded.transformer, tiny_vae(), torch.randn(1, 4, 16), pretrained=loaded.pretrained)
+    system = UniAnimate(backbone, ADAMW, pretrained_lr_scale=0.1)
+    optimizer = system.configure_optimizers()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lr_of[id(system.backbone.transformer.blocks[0].attn1.to_q.weight)] == pytest.approx(1e-4)
+    assert lr_of[id(system.backbone.transformer.patch_embedding.weight)] == pytest.approx(1e-3)
+    assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in system.pose_encoder.parameters())
+    assert len(lr_of) == sum(p.requires_grad for p in system.parameters())
+    random_init = unianimate(pretrained_lr_scale=0.1).configure_optimizers()  # nothing pretrained: one rate
+    assert [group["lr"] for group in random_init.param_groups] == [1e-3]
+    with pytest.raises(ValueError, match="pretrained_lr_scale=0"):
+        unianimate(pretrained_lr_scale=0)

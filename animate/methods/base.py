@@ -161,6 +161,7 @@ class AnimationSystem(L.LightningModule):
         val_sample_batches: int = 1,
         metrics: Any = None,
         lora: dict | None = None,
+        pretrained_lr_scale: float = 1.0,
     ):
         super().__init__()
         if lora and lora.get("rank"):
@@ -176,6 +177,9 @@ class AnimationSystem(L.LightningModule):
         if unknown:
             raise ValueError(f"condition_dropout names {sorted(unknown)} unknown to {type(self).__name__}: valid {list(self.conditions)}")
         self.region_weights = region_weights
+        if pretrained_lr_scale <= 0:
+            raise ValueError(f"pretrained_lr_scale={pretrained_lr_scale}: must be > 0 (freeze weights with LoRA instead)")
+        self.pretrained_lr_scale = pretrained_lr_scale
         self.latent_cache = LatentCache(latent_cache, namespace=backbone.vae.fingerprint() if latent_cache and backbone.vae else "")
         self.val_sample_batches = val_sample_batches
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
@@ -337,9 +341,21 @@ class AnimationSystem(L.LightningModule):
         return {"key": list(batch["key"]), "generated": video}
 
     # ----- optimisation and checkpoints ---------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters: the pretrained transformer's at ``pretrained_lr_scale`` x the learning rate, the new ones at 1 x."""
+        pretrained = {id(p) for _, p in self.backbone.pretrained_parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in trainable if id(p) not in pretrained], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) in pretrained], "lr_scale": self.pretrained_lr_scale},
+        ]
+        return [group for group in groups if group["params"]]
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        groups = self.parameter_groups()
+        optimizer = self.optimizer_factory([{"params": g["params"]} for g in groups])
+        for group, spec in zip(optimizer.param_groups, groups):
+            group["lr"] *= spec["lr_scale"]  # the scheduler then scales each group's own rate
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
