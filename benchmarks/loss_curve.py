@@ -17,12 +17,24 @@ VAL_COLUMNS = ("val/loss", "val/psnr", "val/psnr_mask", "val/silhouette_iou")
 
 
 def read_log(run: Path) -> list[dict[str, str]]:
-    """The rows of ``run``'s ``csv/metrics.csv`` (the newest version when there are several)."""
-    logs = sorted(run.glob("csv/**/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    """The rows of ``run``'s CSV log: ``csv/metrics.csv``, after the parts a resumed run kept (``metrics.N.csv``).
+
+    Each launch's rows stop where the next launch's begin (a resume redoes the steps since its checkpoint).
+    """
+    logs = sorted(run.glob("csv/**/metrics*.csv"), key=lambda p: p.stat().st_mtime)
     if not logs:
         raise SystemExit(f"error: {run}: no csv/metrics.csv (train with logger=csv)")
-    with open(logs[-1], newline="") as file:
-        return list(csv.DictReader(file))
+    folder = logs[-1].parent  # the newest version's
+    parts = sorted(folder.glob("metrics.[0-9]*.csv"), key=lambda p: int(p.suffixes[0][1:]))
+    launches = []
+    for path in [*parts, *[p for p in [folder / "metrics.csv"] if p.is_file()]]:
+        with open(path, newline="") as file:
+            launches.append(list(csv.DictReader(file)))
+    rows = []
+    for index, launch in enumerate(launches):
+        later = [int(row["step"]) for rows_after in launches[index + 1:] for row in rows_after]
+        rows += [row for row in launch if not later or int(row["step"]) < min(later)]
+    return rows
 
 
 def curve(rows: list[dict[str, str]], every: int) -> list[dict[str, float]]:

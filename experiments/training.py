@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,24 @@ def resume_checkpoint(resume: str | None) -> str | None:
     return str(ckpt)
 
 
+def keep_earlier_csv_log(log_dir: Path) -> Path | None:
+    """Move a resumed run's ``metrics.csv`` to ``metrics.N.csv`` (N = 0, 1, ...), which Lightning's CSV logger would delete."""
+    metrics = log_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    kept = log_dir / f"metrics.{len(list(log_dir.glob('metrics.[0-9]*.csv')))}.csv"
+    metrics.rename(kept)
+    log.info("kept the earlier training log as %s", kept)
+    return kept
+
+
 def build_logger(cfg: DictConfig):
     """The configured logger (W&B offline, csv) or False for ``logger=none``."""
     if not cfg.get("logger"):
         return False
     logger = instantiate(cfg.logger)
+    if isinstance(logger, CSVLogger):
+        keep_earlier_csv_log(Path(logger.log_dir))
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
 

@@ -71,3 +71,14 @@ def test_loss_curve_averages_training_loss_per_window_and_keeps_validation(tmp_p
     table = main([str(tmp_path), "--every", "20"]).splitlines()
     assert table[0] == "| step | train/loss | lr | val/loss |"
     assert table[2] == "| 20 | 1.5 | 0.0005 | 0.5 |" and table[3] == "| 40 | 0.25 |  |  |"
+
+
+def test_loss_curve_joins_the_logs_of_a_resumed_run(tmp_path):
+    from benchmarks.loss_curve import read_log
+
+    log = tmp_path / "csv"
+    log.mkdir()
+    (log / "metrics.0.csv").write_text("step,train/loss\n9,4.0\n19,3.0\n29,2.0\n")  # killed after step 29, saved at 20
+    (log / "metrics.1.csv").write_text("step,train/loss\n29,1.0\n39,1.0\n")  # killed again, saved at 40
+    (log / "metrics.csv").write_text("step,train/loss\n49,0.5\n")
+    assert [(row["step"], row["train/loss"]) for row in read_log(tmp_path)] == [("9", "4.0"), ("19", "3.0"), ("29", "1.0"), ("39", "1.0"), ("49", "0.5")]

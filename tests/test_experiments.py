@@ -182,6 +182,11 @@ def test_killed_run_resumes_without_lost_steps(workdir, smoke_overrides):
     assert ckpt_step(run / "last.ckpt") == saved + 3  # continued from the saved step, not from 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps_this_session"] == 3
+    earlier = (run / "csv" / "metrics.0.csv").read_text()  # the first launch's log survives the resume
+    assert earlier.count("\n") > 3 and "train/loss" in earlier.splitlines()[0]
+    from benchmarks.loss_curve import read_log
+    steps = sorted({int(row["step"]) for row in read_log(run) if row.get("train/loss")})
+    assert steps[0] < 10 and steps[-1] >= saved - 10  # the curve still starts with the first launch's rows
 
 
 def test_unknown_conf_is_a_one_line_error_listing_valid_names():

@@ -342,9 +342,11 @@ class AnimationSystem(L.LightningModule):
 
     # ----- optimisation and checkpoints ---------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters: the pretrained transformer's at ``pretrained_lr_scale`` x the learning rate, the new ones at 1 x."""
-        pretrained = {id(p) for _, p in self.backbone.pretrained_parameters()}
+        """Trainable parameters: the pretrained transformer's at ``pretrained_lr_scale`` x the learning rate, the new ones at 1 x (one group when equal)."""
         trainable = [p for p in self.parameters() if p.requires_grad]
+        if self.pretrained_lr_scale == 1.0:
+            return [{"params": trainable, "lr_scale": 1.0}]
+        pretrained = {id(p) for _, p in self.backbone.pretrained_parameters()}
         groups = [
             {"params": [p for p in trainable if id(p) not in pretrained], "lr_scale": 1.0},
             {"params": [p for p in trainable if id(p) in pretrained], "lr_scale": self.pretrained_lr_scale},
