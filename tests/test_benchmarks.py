@@ -82,3 +82,15 @@ def test_loss_curve_joins_the_logs_of_a_resumed_run(tmp_path):
     (log / "metrics.1.csv").write_text("step,train/loss\n29,1.0\n39,1.0\n")  # killed again, saved at 40
     (log / "metrics.csv").write_text("step,train/loss\n49,0.5\n")
     assert [(row["step"], row["train/loss"]) for row in read_log(tmp_path)] == [("9", "4.0"), ("19", "3.0"), ("29", "1.0"), ("39", "1.0"), ("49", "0.5")]
+
+
+def test_latent_person_mask_marks_cells_the_person_touches_in_their_frames():
+    import torch
+
+    from benchmarks.velocity_error import latent_person_mask
+
+    mask = torch.zeros(1, 9, 8, 8, dtype=torch.bool)
+    mask[0, 3, 5, 1] = True  # frame 3 belongs to latent frame 1 (frames 1-4)
+    cells = latent_person_mask(mask, (3, 2, 2), vae_time=4)
+    assert cells.shape == (1, 3, 2, 2)
+    assert cells[0, 1, 1, 0] == 1 and cells.sum() == 1

@@ -119,6 +119,19 @@ def test_heldout_curve_scores_checkpoints_beside_the_baselines_and_skips_scored_
     assert missing.returncode != 0 and "no checkpoint of step 3; saved steps: [2]" in missing.stderr
 
 
+def test_velocity_error_splits_the_error_by_person_and_noise_level(workdir):
+    from benchmarks.velocity_error import main
+
+    run = workdir / "run_unianimate"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the unianimate smoke run")
+    result = main([str(run / "last.ckpt"), "--clips", "1", "--times", "0.2", "0.9", "--margin", "1"])
+    assert result["clips"] == 1 and result["global_step"] == 2
+    for model in ("untrained", "trained"):
+        assert set(result[model]) == {"person@0.2", "background@0.2", "person@0.9", "background@0.9"}
+        assert all(value > 0 for value in result[model].values())
+
+
 def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     from safetensors import safe_open
 
