@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--num-clips", type=int, default=32)
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=["untrained", "base", "repeat_reference"],
                         help="generated with the first step's checkpoint")
-    parser.add_argument("overrides", nargs="*", help="further experiments.generate overrides, e.g. sampler.steps=10")
-    args = parser.parse_intermixed_args(argv)  # generate's overrides may follow the options
-    rows = curve(args.run, args.steps, args.split, args.num_clips, args.baselines, args.overrides)
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]  # experiments.generate's key=value, anywhere
+    parser.epilog = "Any key=value argument is passed to experiments.generate, e.g. sampler.steps=10 or figure=PATH."
+    args = parser.parse_args([arg for arg in argv if arg not in overrides])
+    rows = curve(args.run, args.steps, args.split, args.num_clips, args.baselines, overrides)
     text = markdown(rows)
     atomic_write_json(args.run / "heldout_curve" / "curve.json", {"split": args.split, "num_clips": args.num_clips, "rows": rows})
     atomic_write_text(args.run / "heldout_curve" / "curve.md", text + "\n")

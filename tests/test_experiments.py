@@ -103,7 +103,8 @@ def test_heldout_curve_scores_checkpoints_beside_the_baselines_and_skips_scored_
     run = workdir / "run_unianimate"
     if not (run / "checkpoints" / "step_000002.ckpt").exists():
         pytest.skip("needs the unianimate smoke run")
-    command = [sys.executable, "-m", "benchmarks.heldout_curve", str(run), "--steps", "2", "--num-clips", "1", "sampler.steps=1", "grids=false"]
+    command = [sys.executable, "-m", "benchmarks.heldout_curve", str(run), "--steps", "2", "--num-clips", "1",
+               "--baselines", "untrained", "repeat_reference", "sampler.steps=1", "grids=false"]  # overrides after a list option
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((run / "heldout_curve" / "curve.json").read_text())["rows"]
