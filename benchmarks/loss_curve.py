@@ -30,10 +30,10 @@ def read_log(run: Path) -> list[dict[str, str]]:
     for path in [*parts, *[p for p in [folder / "metrics.csv"] if p.is_file()]]:
         with open(path, newline="") as file:
             launches.append(list(csv.DictReader(file)))
-    rows = []
-    for index, launch in enumerate(launches):
-        later = [int(row["step"]) for rows_after in launches[index + 1:] for row in rows_after]
-        rows += [row for row in launch if not later or int(row["step"]) < min(later)]
+    rows, next_start = [], float("inf")
+    for launch in reversed(launches):  # each launch up to the step where a later one starts
+        rows[:0] = [row for row in launch if int(row["step"]) < next_start]
+        next_start = min([next_start, *(int(row["step"]) for row in launch)])
     return rows
 
 

@@ -1,8 +1,8 @@
 """Where a method's flow-matching error sits: on the person or the background, at each noise level.
 
 For a checkpoint and the same system untrained (for a method whose additions start at zero, the
-pretrained base), the mean squared velocity error ``|v - (eps - x0)|^2`` on held-out clips at
-fixed flow times, split by the exact person mask (a latent cell is "person" when the person
+pretrained base), the mean squared error of the velocity against the method's own flow target
+(``eps - x0`` for rectified flow) on held-out clips at fixed flow times, split by the exact person mask (a latent cell is "person" when the person
 touches any pixel of the frames it encodes) and, with ``--margin``, leaving out background cells
 within that many cells of the person. The training loss averages all of these; this splits it,
 so a fine-tune that learns to copy the background but loses the base's low-noise denoising shows
@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from animate.flow import interpolate
 from animate.methods.base import AnimationSystem
 from experiments.prediction import build_system, heldout_loader, load_run
 
@@ -47,9 +46,8 @@ def velocity_errors(system: AnimationSystem, batches: list[dict], times: list[fl
         near = F.max_pool2d(person, 2 * margin + 1, stride=1, padding=margin) if margin else person
         for t in times:
             noise = torch.randn(seq.clean.shape, generator=torch.Generator().manual_seed(index))
-            t_frames = seq.frame_times(torch.full((b,), t))  # (B, F_seq), 0 on held frames
-            velocity = system(seq, interpolate(seq.clean, noise, t_frames), t_frames)
-            error = (velocity - (noise - seq.clean))[:, :, seq.target].pow(2).mean(dim=1)  # (B, F, h, w)
+            pair = system.flow_pair(seq, noise, torch.full((b,), t))  # the method's own input and target at t
+            error = (system(seq, pair.model_input, pair.t) - pair.target)[:, :, seq.target].pow(2).mean(dim=1)  # (B, F, h, w)
             for region, weight in (("person", person), ("background", 1 - near)):
                 sums[f"{region}@{t:g}"][0] += float((error * weight).sum())
                 sums[f"{region}@{t:g}"][1] += float(weight.sum())
