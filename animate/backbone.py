@@ -17,6 +17,7 @@ and LoRA targets stay diffusers'; every reach into diffusers' internals goes thr
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from animate import diffusers_wan as wan
+from animate.flow import PREDICTIONS, velocity_from_sample
 from common.files import atomic_torch_save
 from common.geometry import WAN, Compression
 
@@ -129,9 +131,15 @@ class WanBackbone(nn.Module):
         gradient_checkpointing: bool = False,
         compression: Compression | None = None,
         pretrained: Iterable[str] = (),
+        prediction: str = "velocity",
+        prediction_min_time: float = 0.05,
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"backbone.prediction={prediction!r}: use one of {', '.join(PREDICTIONS)}")
         self.transformer = transformer
+        self.prediction = prediction  # what the network outputs: Wan's velocity, or the clean sample x0
+        self.prediction_min_time = prediction_min_time
         self.pretrained = frozenset(pretrained)  # transformer parameter names loaded unchanged from a checkpoint
         self.vae = vae
         self.compression = compression or compression_of(transformer, vae)
@@ -182,7 +190,7 @@ class WanBackbone(nn.Module):
         return tokens, temb, modulation, context
 
     def forward(self, packed: PackedInput) -> Tensor:
-        """Velocity (B, C_out, F, h, w) for a packed input."""
+        """Velocity (B, C_out, F, h, w) for a packed input (from the predicted x0 when ``prediction="sample"``)."""
         b, _, f, h, w = packed.latents.shape
         gf, gh, gw = self.grid(packed.latents)
         frame_ids = packed.frame_ids
@@ -198,7 +206,10 @@ class WanBackbone(nn.Module):
             else:
                 hidden_states = block_forward(*args)
             hidden_states = self._inject(hidden_states, packed, index)
-        return self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
+        output = self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
+        if self.prediction == "sample":
+            return velocity_from_sample(packed.latents, output, packed.t, self.prediction_min_time)
+        return output
 
     def grid(self, latents: Tensor) -> tuple[int, int, int]:
         """Token grid (f, h, w) of latents (B, C, F, H, W) under the transformer's patch size."""
@@ -349,6 +360,27 @@ def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Modul
 ASSETS = Path(__file__).parent / "assets"
 
 
+PREDICTION_FILE_SUFFIX = ".prediction.json"
+
+
+def prediction_file(weights: str | Path) -> Path:
+    """The sidecar that records what exported weights predict: ``DIR/transformer.prediction.json`` or ``FILE.prediction.json``."""
+    weights = Path(weights)
+    return weights / f"transformer{PREDICTION_FILE_SUFFIX}" if weights.is_dir() or not weights.suffix else weights.with_name(weights.name + PREDICTION_FILE_SUFFIX)
+
+
+def check_prediction(weights: Path, prediction: str) -> None:
+    """Refuse weights whose sidecar says they were trained for another parametrisation than the config's."""
+    sidecar = prediction_file(weights)
+    if sidecar.is_file():
+        stored = json.loads(sidecar.read_text()).get("prediction")
+        if stored != prediction:
+            raise ValueError(
+                f"{weights}: these weights predict the {stored} ({sidecar}), the config says backbone.prediction={prediction}; "
+                f"set backbone.prediction={stored}"
+            )
+
+
 def resolve_path(path: str) -> Path:
     """``asset:NAME`` -> the file shipped in ``animate/assets``; other paths unchanged."""
     return ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path).expanduser()
@@ -360,6 +392,8 @@ def load_backbone(
     text: dict | None = None,
     gradient_checkpointing: bool = False,
     init_seed: int = 0,
+    prediction: str = "velocity",
+    prediction_min_time: float = 0.05,
 ) -> WanBackbone:
     """Build the backbone from config: local weights (``path``) or a seeded random ``architecture``.
 
@@ -368,11 +402,14 @@ def load_backbone(
       ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
     vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE).
     text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
+    prediction: what the network outputs, ``velocity`` (Wan) or ``sample`` (x0); a property of the
+      weights, so it must match how they were trained.
     """
     from animate.weights import load_transformer, load_vae
 
     torch.manual_seed(init_seed)  # a random base (tiny default) is reproducible from the config alone
     if transformer.get("path"):
+        check_prediction(resolve_path(transformer["path"]), prediction)
         model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config")).train()  # as built: from_pretrained returns eval mode
     else:
         model = build_transformer(**transformer["architecture"])
@@ -387,4 +424,12 @@ def load_backbone(
     embedding = empty_prompt_embedding(
         model.config.text_dim, text["length"], text["encoder"], text["cache_dir"], text["prompt"], text["seed"]
     )
-    return WanBackbone(model, autoencoder, embedding, gradient_checkpointing=gradient_checkpointing, pretrained=pretrained)
+    return WanBackbone(
+        model,
+        autoencoder,
+        embedding,
+        gradient_checkpointing=gradient_checkpointing,
+        pretrained=pretrained,
+        prediction=prediction,
+        prediction_min_time=prediction_min_time,
+    )

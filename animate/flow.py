@@ -3,6 +3,9 @@
 Convention (all four methods): ``t`` in [0, 1], ``t = 0`` is data, ``t = 1`` is noise,
 ``x_t = (1 - t) x0 + t eps``, velocity target ``u = eps - x0``, Euler step ``x_s = x_t + (s - t) v``.
 Time is per latent frame ``(B, F)``: frames whose role is a clean condition stay at ``t = 0``.
+The network predicts the velocity (Wan) or the clean sample x0 (``prediction: sample``, "Back to
+Basics: Let Denoising Generative Models Denoise", Li & He 2025), which is turned into the velocity
+``(x_t - x0) / t``, so the loss, the guidance and the sampler see a velocity either way.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """x_t = (1 - t) x0 + t eps with per-frame t (B, F); latents (B, C, F, h, w)."""
     t = _frames(t).to(x0.dtype)
     return (1 - t) * x0 + t * noise
+
+
+PREDICTIONS = ("velocity", "sample")
+
+
+def velocity_from_sample(latents: Tensor, sample: Tensor, t: Tensor, min_time: float) -> Tensor:
+    """x0-prediction -> velocity: v = (x_t - x0) / t with per-frame t (B, F) clamped below at ``min_time``."""
+    return (latents - sample) / _frames(t).clamp_min(min_time).to(latents.dtype)
 
 
 def flow_loss(prediction: Tensor, target: Tensor, weight: Tensor) -> Tensor:

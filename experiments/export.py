@@ -1,13 +1,15 @@
 """Export a run's trained transformer as standalone weights: ``python -m experiments.export ckpt=RUN/last.ckpt out=DIR``.
 
 The result loads through ``backbone.transformer.path`` exactly as a downloaded Wan checkpoint does
-(:func:`animate.weights.load_transformer`), in diffusers or original Wan layout, cast to ``dtype``.
+(:func:`animate.weights.load_transformer`), in diffusers or original Wan layout, cast to ``dtype``,
+with a sidecar that says what the network predicts (``backbone.prediction``: velocity or sample).
 LoRA adapters are merged first, so the export is a plain Wan transformer.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from animate.backbone import prediction_file
 from animate.lora import merged_state_dict
 from animate.weights import save_diffusers, save_original_layout
+from common.files import atomic_write_bytes
 from experiments.cli import UsageError, run
 from experiments.prediction import load_run
 
@@ -54,6 +58,8 @@ def export(cfg: DictConfig) -> Path:
     transformer = cast_for_export(plain_transformer(system.backbone.transformer), DTYPES[cfg.dtype])
     out = Path(cfg.out)
     written = save_diffusers(transformer, out) if cfg.layout == "diffusers" else save_original_layout(transformer, out)
+    # what the weights predict (velocity or x0) travels with them; load_backbone checks it against the config
+    atomic_write_bytes(prediction_file(written), json.dumps({"prediction": system.backbone.prediction}).encode())
     print(f"wrote the transformer of {cfg.ckpt} (step {checkpoint.get('global_step')}) to {written} as {cfg.layout} {cfg.dtype}")
     return written
 

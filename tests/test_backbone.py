@@ -39,6 +39,17 @@ def test_matches_diffusers_forward_with_uniform_time(backbone):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_sample_prediction_turns_the_network_output_into_a_velocity(backbone):
+    latents, t = torch.randn(2, 4, 3, 8, 8), torch.tensor([[0.2, 0.5, 0.9], [0.0, 0.4, 1.0]])
+    sampling = WanBackbone(backbone.transformer, None, backbone.text_embedding, prediction="sample", prediction_min_time=0.1)
+    with torch.no_grad():
+        x0 = backbone(PackedInput(latents, t))  # the same network's raw output, read as x0
+        v = sampling(PackedInput(latents, t))
+    torch.testing.assert_close(v, (latents - x0) / t.clamp_min(0.1)[:, None, :, None, None])
+    with pytest.raises(ValueError, match="backbone.prediction='noise'"):
+        WanBackbone(backbone.transformer, None, prediction="noise")
+
+
 def test_per_frame_time_matches_per_token_timestep(backbone):
     latents = torch.randn(1, 4, 3, 8, 8)
     t = torch.tensor([[0.0, 0.5, 0.9]])

@@ -136,6 +136,7 @@ def test_velocity_error_splits_the_error_by_person_and_noise_level(workdir):
 def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     from safetensors import safe_open
 
+    from animate.backbone import load_backbone
     from animate.weights import load_transformer
     from experiments.prediction import load_run
 
@@ -154,6 +155,10 @@ def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     assert dtypes["blocks.0.attn1.to_q.weight"] == torch.float16 and dtypes["scale_shift_table"] == torch.float32  # diffusers' fp32 modules stay
     assert sum(d == torch.float16 for d in dtypes.values()) > 0.8 * len(dtypes)
     trained = load_run(str(run / "last.ckpt"))[0].backbone.transformer.state_dict()
+    assert json.loads((outs["diffusers"] / "transformer.prediction.json").read_text()) == {"prediction": "velocity"}
+    assert json.loads(Path(f"{outs['original']}.prediction.json").read_text()) == {"prediction": "velocity"}
+    with pytest.raises(ValueError, match="these weights predict the velocity .* set backbone.prediction=velocity"):
+        load_backbone(dict(path=str(outs["diffusers"])), prediction="sample")
     for loaded in (load_transformer(outs["diffusers"]), load_transformer(outs["original"], config=outs["diffusers"])):
         state = loaded.state_dict()
         assert state.keys() == trained.keys()

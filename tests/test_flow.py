@@ -12,6 +12,7 @@ from animate.flow import (
     sample_time,
     sampling_times,
     shift_time,
+    velocity_from_sample,
 )
 
 
@@ -76,6 +77,17 @@ def test_euler_recovers_data_with_exact_velocity():
     start = torch.where(generate[:, None, :, None, None], noise, x0)
     out = euler_sample(exact, start, generate, steps=7, shift=3.0)
     torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sample_prediction_of_the_clean_latents_is_the_exact_velocity():
+    x0, noise = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    t = torch.tensor([[0.3, 0.5, 0.9, 1.0], [0.06, 0.2, 0.7, 0.99]])
+    v = velocity_from_sample(interpolate(x0, noise, t), x0, t, min_time=0.05)
+    torch.testing.assert_close(v, noise - x0, rtol=1e-4, atol=1e-4)
+    # below min_time the division is clamped: a bounded velocity instead of (x_t - x0) / 0
+    t_zero = torch.zeros(2, 4)
+    clamped = velocity_from_sample(x0 + 1.0, x0, t_zero, min_time=0.05)
+    torch.testing.assert_close(clamped, torch.full_like(x0, 20.0))
 
 
 def test_frames_not_generated_see_time_zero():
