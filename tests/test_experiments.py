@@ -154,11 +154,14 @@ def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
         dtypes = {key: stored.get_tensor(key).dtype for key in stored.keys()}
     assert dtypes["blocks.0.attn1.to_q.weight"] == torch.float16 and dtypes["scale_shift_table"] == torch.float32  # diffusers' fp32 modules stay
     assert sum(d == torch.float16 for d in dtypes.values()) > 0.8 * len(dtypes)
-    trained = load_run(str(run / "last.ckpt"))[0].backbone.transformer.state_dict()
-    assert json.loads((outs["diffusers"] / "transformer.prediction.json").read_text()) == {"prediction": "velocity"}
-    assert json.loads(Path(f"{outs['original']}.prediction.json").read_text()) == {"prediction": "velocity"}
-    with pytest.raises(ValueError, match="these weights predict the velocity .* set backbone.prediction=velocity"):
-        load_backbone(dict(path=str(outs["diffusers"])), prediction="sample")
+    system = load_run(str(run / "last.ckpt"))[0]
+    trained = system.backbone.transformer.state_dict()
+    predicted = {"prediction": system.backbone.prediction}  # the parametrisation travels with the weights
+    assert json.loads((outs["diffusers"] / "transformer.prediction.json").read_text()) == predicted
+    assert json.loads(Path(f"{outs['original']}.prediction.json").read_text()) == predicted
+    other = "sample" if system.backbone.prediction == "velocity" else "velocity"
+    with pytest.raises(ValueError, match=f"these weights predict the {system.backbone.prediction} .* set backbone.prediction={system.backbone.prediction}"):
+        load_backbone(dict(path=str(outs["diffusers"])), prediction=other)
     for loaded in (load_transformer(outs["diffusers"]), load_transformer(outs["original"], config=outs["diffusers"])):
         state = loaded.state_dict()
         assert state.keys() == trained.keys()
