@@ -9,7 +9,6 @@ LoRA adapters are merged first, so the export is a plain Wan transformer.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from torch import nn
 from animate.backbone import prediction_file
 from animate.lora import merged_state_dict
 from animate.weights import save_diffusers, save_original_layout
-from common.files import atomic_write_bytes
+from common.files import atomic_write_json
 from experiments.cli import UsageError, run
 from experiments.prediction import load_run
 
@@ -59,7 +58,7 @@ def export(cfg: DictConfig) -> Path:
     out = Path(cfg.out)
     written = save_diffusers(transformer, out) if cfg.layout == "diffusers" else save_original_layout(transformer, out)
     # what the weights predict (velocity or x0) travels with them; load_backbone checks it against the config
-    atomic_write_bytes(prediction_file(written), json.dumps({"prediction": system.backbone.prediction}).encode())
+    atomic_write_json(prediction_file(written), {"prediction": system.backbone.prediction})
     print(f"wrote the transformer of {cfg.ckpt} (step {checkpoint.get('global_step')}) to {written} as {cfg.layout} {cfg.dtype}")
     return written
 
