@@ -5,8 +5,9 @@ Every method builds one latent sequence along time and says what each latent fra
 noise level being denoised. The backbone turns that into per-frame modulation (diffusers' Wan2.2
 per-token timestep path, computed once per frame rather than per token), optional
 channel-concatenated conditioning (Wan I2V style), additive token injections before block 0 or
-after block k, extra attention branches beside self-attention, an attention mask, and RoPE with
-an explicit per-frame time index.
+after block k, per-sample keyword inputs for the blocks' self-attention processors (a method
+that adds an attention branch, such as One-to-All's HRFA, installs its own processor, diffusers'
+pattern), an attention mask, and RoPE with an explicit per-frame time index.
 
 The block loop runs the parts of diffusers' ``WanTransformerBlock`` (norms, self- and
 cross-attention through their attention processors, feed-forward) so that weights, processors
@@ -18,10 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -31,18 +31,6 @@ from animate import diffusers_wan as wan
 from animate.flow import PREDICTIONS, velocity_from_sample
 from common.files import atomic_torch_save
 from common.geometry import WAN, Compression
-
-
-class AttentionBranch(Protocol):
-    """An extra attention branch whose output is added to a block's self-attention output.
-
-    A branch is a module of the method (its weights are shared by every sample); what it reads
-    per sample comes from ``PackedInput.branch_inputs``, tensors batched like the latents, so a
-    batch of several CFG levels gives each sample its own inputs.
-    """
-
-    def __call__(self, block_index: int, block: nn.Module, norm_hidden_states: Tensor, inputs: dict[str, Tensor], rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
-        """Return (B, L, D) to add to the block's self-attention output before the gate."""
 
 
 @dataclass
@@ -55,8 +43,7 @@ class PackedInput:
     frame_ids: Tensor | None = None  # (B, F) RoPE time index per latent frame; default arange(F)
     injections: dict[int, Tensor] = field(default_factory=dict)  # block -> (B, L, D); -1 = before block 0
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool, True = may attend
-    branches: Mapping[int, AttentionBranch] = field(default_factory=dict)  # block -> the method's branch module
-    branch_inputs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) per-sample branch inputs
+    attention_kwargs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...): keyword inputs of every block's self-attention processor
     context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
 
 
@@ -82,14 +69,13 @@ def _per_frame(x: Tensor, frames: int) -> Tensor:
 
 def block_forward(
     block: nn.Module,
-    index: int,
     hidden_states: Tensor,  # (B, L, D)
     context: Tensor,  # (B, S, D)
     modulation: Tensor,  # (B, F, 6, D) float32, per frame
     rotary_emb: tuple[Tensor, Tensor],
     packed: PackedInput,
 ) -> Tensor:
-    """A diffusers WanTransformerBlock with per-frame modulation, a mask and an optional branch."""
+    """A diffusers WanTransformerBlock with per-frame modulation, a mask and the processors' keyword inputs."""
     frames = modulation.shape[1]
     shift, scale, gate, c_shift, c_scale, c_gate = wan.block_modulation(block, modulation)  # each (B, F, 1, D)
 
@@ -101,10 +87,7 @@ def block_forward(
         return y.flatten(1, 2).type_as(x)
 
     norm_hidden_states = modulate(wan.self_attention_norm(block, hidden_states), shift, scale)
-    attn_output = wan.self_attention(block, norm_hidden_states, packed.attention_mask, rotary_emb)
-    branch = packed.branches.get(index)
-    if branch is not None:
-        attn_output = attn_output + branch(index, block, norm_hidden_states, packed.branch_inputs, rotary_emb)
+    attn_output = wan.self_attention(block, norm_hidden_states, packed.attention_mask, rotary_emb, **packed.attention_kwargs)
     hidden_states = gated(hidden_states, attn_output, gate)
     hidden_states = hidden_states + wan.cross_attention(block, hidden_states, context)
     norm_hidden_states = modulate(wan.feed_forward_norm(block, hidden_states), c_shift, c_scale)
@@ -189,6 +172,17 @@ class WanBackbone(nn.Module):
         temb, modulation, context = wan.embed_conditions(self.transformer, packed.t, context.to(tokens.dtype))
         return tokens, temb, modulation, context
 
+    @torch.no_grad()
+    def clean_modulation(self) -> Tensor:
+        """The blocks' timestep modulation (6, D) at t = 0: what a clean frame is modulated with."""
+        t = torch.zeros(1, 1, device=self.text_embedding.device)
+        _, modulation, _ = wan.embed_conditions(self.transformer, t, self.text_embedding.to(wan.patchify_dtype(self.transformer)))
+        return modulation[0, 0].float()
+
+    def rotary(self, frame_ids: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """RoPE (B, F*h*w, 1, head_dim) of a token grid whose frames have time indices ``frame_ids`` (B, F)."""
+        return rotary_embedding(self.transformer.rope, frame_ids, height, width)
+
     def forward(self, packed: PackedInput) -> Tensor:
         """Velocity (B, C_out, F, h, w) for a packed input (from the predicted x0 when ``prediction="sample"``)."""
         b, _, f, h, w = packed.latents.shape
@@ -200,7 +194,7 @@ class WanBackbone(nn.Module):
         hidden_states, temb, modulation, context = self.embed(packed)
         hidden_states = self._inject(hidden_states, packed, -1)
         for index, block in enumerate(self.transformer.blocks):
-            args = (block, index, hidden_states, context, modulation, rotary_emb, packed)
+            args = (block, hidden_states, context, modulation, rotary_emb, packed)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden_states = checkpoint(block_forward, *args, use_reentrant=False)
             else:
@@ -342,19 +336,22 @@ def build_transformer(**config) -> nn.Module:
     return wan.new_transformer(**config)
 
 
+@torch.no_grad()
+def widened_patch_embedding(source: nn.Conv3d, in_channels: int) -> nn.Conv3d:
+    """A copy of a patch embedding taking ``in_channels``: the source's channels first, the added ones at zero."""
+    if in_channels < source.in_channels:
+        raise ValueError(f"cannot shrink the patch embedding from {source.in_channels} to {in_channels} channels")
+    layer = nn.Conv3d(in_channels, source.out_channels, source.kernel_size, source.stride).to(source.weight)
+    layer.weight.zero_()
+    layer.weight[:, : source.in_channels] = source.weight
+    layer.bias.copy_(source.bias)
+    return layer
+
+
 def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Module:
     """Widen the patch embedding to ``in_channels``; new input channels start at zero."""
-    old = transformer.patch_embedding
-    if old.in_channels == in_channels:
-        return transformer
-    if in_channels < old.in_channels:
-        raise ValueError(f"cannot shrink the patch embedding from {old.in_channels} to {in_channels} channels")
-    new = nn.Conv3d(in_channels, old.out_channels, old.kernel_size, old.stride).to(old.weight)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
-        new.bias.copy_(old.bias)
-    wan.set_in_channels(transformer, new)
+    if transformer.patch_embedding.in_channels != in_channels:
+        wan.set_in_channels(transformer, widened_patch_embedding(transformer.patch_embedding, in_channels))
     return transformer
 
 ASSETS = Path(__file__).parent / "assets"

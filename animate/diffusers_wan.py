@@ -53,6 +53,11 @@ def patchify(model: nn.Module, latents: Tensor) -> Tensor:
     return embedding(latents.to(embedding.weight.dtype)).flatten(2).transpose(1, 2).contiguous()
 
 
+def patchify_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the transformer's weights are in."""
+    return model.patch_embedding.weight.dtype
+
+
 def embed_conditions(model: nn.Module, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-frame time t (B, F) in [0, 1] and text (B, S, text_dim) -> temb (B, F, D), modulation (B, F, 6, D), context (B, S, D).
 
@@ -73,9 +78,56 @@ def self_attention_norm(block: nn.Module, hidden_states: Tensor) -> Tensor:
     return block.norm1(hidden_states.float())
 
 
-def self_attention(block: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None, rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
-    """The block's self-attention through its attention processor."""
-    return block.attn1(hidden_states, None, attention_mask, rotary_emb)
+def self_attention(block: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None, rotary_emb: tuple[Tensor, Tensor], **kwargs: Tensor) -> Tensor:
+    """The block's self-attention through its attention processor; ``kwargs`` go to the processor (``WanAttention`` passes them on)."""
+    return block.attn1(hidden_states, None, attention_mask, rotary_emb, **kwargs)
+
+
+def self_attention_processor() -> object:
+    """A fresh default Wan attention processor (what a copied block's self-attention runs)."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    return WanAttnProcessor()
+
+
+def set_self_attention_processor(block: nn.Module, processor: object) -> None:
+    """Install ``processor`` as the block's self-attention processor (an ``nn.Module`` processor registers as a submodule)."""
+    block.attn1.set_processor(processor)
+
+
+def self_attention_heads(attn: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Q, K, V (B, L, heads, head_dim) of a self-attention, Q and K through its RMS norms (no RoPE yet)."""
+    query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+    return query, key, attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+
+
+def apply_rotary_emb(hidden_states: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Wan's RoPE on (B, L, heads, head_dim) with interleaved (cos, sin) tables (B, L, 1, head_dim), as its processor applies it."""
+    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(hidden_states)
+
+
+def attention(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None, backend: object = None) -> Tensor:
+    """Softmax attention of (B, L, heads, d) tensors through diffusers' dispatcher (its configured backend): (B, L, heads * d)."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, backend=backend)
+    return out.flatten(2, 3).type_as(query)
+
+
+def attention_output(attn: nn.Module, hidden_states: Tensor) -> Tensor:
+    """The attention's output projection (and its dropout)."""
+    return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+def strip_cross_attention(block: nn.Module) -> nn.Module:
+    """Remove a (copied) block's text cross-attention and its norm: a text-free block."""
+    block.attn2 = None
+    block.norm2 = None
+    return block
 
 
 def cross_attention(block: nn.Module, hidden_states: Tensor, context: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ def velocity_errors(system: AnimationSystem, batches: list[dict], times: list[fl
     """{"person@t", "background@t": mean squared velocity error per latent value} over ``batches``."""
     sums = {f"{region}@{t:g}": [0.0, 0.0] for t in times for region in ("person", "background")}
     for index, batch in enumerate(batches):
+        batch = system.prepare_batch(batch, augment=False)
         latents = system.encode(batch, system.latent_inputs(training=True))
         b = batch["video"].shape[0]
         seq = system.build_sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)

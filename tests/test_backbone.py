@@ -7,6 +7,7 @@ import tomllib
 import torch
 from packaging.requirements import Requirement
 
+from animate import diffusers_wan as wan
 from animate.backbone import (
     PackedInput,
     WanBackbone,
@@ -99,19 +100,31 @@ def test_attention_mask_blocks_information_flow(backbone):
     assert not torch.allclose(a[:, :, 0], c[:, :, 0])
 
 
-def test_attention_branch_is_added_to_self_attention(backbone):
-    latents = torch.randn(1, 4, 2, 8, 8)
-    t = torch.full((1, 2), 0.5)
-    calls = []
+class RecordingProcessor:
+    """Diffusers' Wan processor plus a per-sample offset read from a keyword input."""
 
-    def branch(index, block, norm_hidden_states, inputs, rotary_emb):
-        calls.append(index)
-        return torch.ones_like(norm_hidden_states)
+    def __init__(self):
+        self.base, self.calls = wan.self_attention_processor(), 0
 
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, offset=None):
+        self.calls += 1
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb) + offset[:, None, None]
+
+
+def test_attention_kwargs_reach_every_blocks_self_attention_processor(backbone):
+    latents = torch.randn(2, 4, 2, 8, 8)
+    t = torch.full((2, 2), 0.5)
     with torch.no_grad():
         base = backbone(PackedInput(latents, t))
-        out = backbone(PackedInput(latents, t, branches={0: branch}))
-    assert calls == [0] and not torch.allclose(base, out)
+        processors = [RecordingProcessor() for _ in backbone.transformer.blocks]
+        for block, processor in zip(backbone.transformer.blocks, processors):
+            wan.set_self_attention_processor(block, processor)
+        same = backbone(PackedInput(latents, t, attention_kwargs={"offset": torch.zeros(2)}))
+        moved = backbone(PackedInput(latents, t, attention_kwargs={"offset": torch.tensor([0.0, 1.0])}))
+    assert all(p.calls == 2 for p in processors)
+    torch.testing.assert_close(same, base)
+    torch.testing.assert_close(moved[0], base[0])
+    assert not torch.allclose(moved[1], base[1])
 
 
 def test_frame_ids_change_rope_time_only(backbone):

@@ -12,6 +12,7 @@ from animate.flow import guided_velocity
 from animate.methods.base import FlowPair, LatentSequence
 from animate.methods.frameprompt import FramePrompt
 from animate.methods.unianimate import first_frame_mask
+from animate.modules.hrfa import install_hrfa
 
 from tiny_systems import ADAMW, fake_batch, frameprompt, tiny_backbone, unianimate
 
@@ -103,52 +104,37 @@ def test_training_realises_each_cfg_level_as_configured(make, dropout):
         assert abs(share - expected) < 4 * (expected * (1 - expected) / n) ** 0.5 + 1e-4, (level, share, expected)
 
 
-class FeatureBranch(nn.Module):
-    """A branch that attends from the block's tokens to per-sample features ``inputs["feature"]``."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, index, block, norm_hidden_states, inputs, rotary_emb):
-        feature = inputs["feature"]  # (B, Lr, D)
-        weights = torch.softmax(norm_hidden_states @ feature.transpose(1, 2), dim=-1)  # (B, L, Lr)
-        return self.proj(weights @ feature)
-
-
-class BranchedFramePrompt(FramePrompt):
-    """FramePrompt plus a per-sample attention branch: a stand-in for a Reference Extractor."""
+class ReferenceAttentionFramePrompt(FramePrompt):
+    """FramePrompt whose blocks run HRFA processors: per-sample reference states travel in ``attention_kwargs``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.branch = FeatureBranch(self.backbone.dim)
-
-    def attention_branches(self):
-        return {0: self.branch, 1: self.branch}
+        for processor in install_hrfa(self.backbone.transformer):
+            nn.init.normal_(processor.to_v_ref.weight)
 
 
 @torch.no_grad()
-def test_branch_inputs_follow_each_cfg_level_in_a_batched_forward():
-    system = BranchedFramePrompt(tiny_backbone(16), ADAMW).eval()
+def test_attention_kwargs_follow_each_cfg_level_in_a_batched_forward():
+    system = ReferenceAttentionFramePrompt(tiny_backbone(16), ADAMW).eval()
     batch = fake_batch()
     latents = system.encode(batch, system.latent_inputs(training=False))
-    dim = system.backbone.dim
+    dim, blocks = system.backbone.dim, system.backbone.num_blocks
     sequences = []
-    for level, seed in zip([0, 1, 1], [1, 2, 3]):  # three passes (cumulative CFG), each with its own features
+    for level, seed in zip([0, 1, 1], [1, 2, 3]):  # three passes (cumulative CFG), each with its own reference states
         seq = system.build_sequence(batch, latents, system.level_drops(level, 2), training=False)
-        seq.branch_inputs = {"feature": torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(seed))}
+        seq.attention_kwargs = {"reference_states": torch.randn(2, blocks, 4, dim, generator=torch.Generator().manual_seed(seed))}
         sequences.append(seq)
     x, t = random_x_t(sequences[0])
     separate = torch.cat([system(seq, system.hold(x, seq), t) for seq in sequences])
     batched = system(LatentSequence.cat(sequences), torch.cat([system.hold(x, s) for s in sequences]), t.repeat(3, 1))
     torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(separate[2:4], separate[4:6])  # the branch really reads its input
+    assert not torch.allclose(separate[2:4], separate[4:6])  # the processors really read their input
 
 
 def test_cat_refuses_sequences_that_are_not_batch_shaped():
     a = LatentSequence(torch.zeros(1, 2, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, 1, 2, 2), slice(0, 1))
-    b = LatentSequence(torch.zeros(1, 2, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, 1, 2, 2), slice(0, 1), branch_inputs={"feature": torch.zeros(1, 3)})
-    with pytest.raises(ValueError, match="branch_inputs"):
+    b = LatentSequence(torch.zeros(1, 2, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1, 1, 2, 2), slice(0, 1), attention_kwargs={"reference_states": torch.zeros(1, 3)})
+    with pytest.raises(ValueError, match="attention_kwargs"):
         LatentSequence.cat([a, b])
     c = LatentSequence(a.clean, a.generate, a.loss_weight, slice(1, 2))
     with pytest.raises(ValueError, match="target"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import lightning as L
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from animate.backbone import AttentionBranch, PackedInput, WanBackbone
+from animate.backbone import PackedInput, WanBackbone
 from animate.flow import euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
@@ -47,13 +47,13 @@ class LatentSequence:
     injections: dict[int, Tensor] = field(default_factory=dict)  # block -> (B, L, D)
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool
     frame_ids: Tensor | None = None  # (B, F) RoPE time index
-    branch_inputs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) read by the attention branches
+    attention_kwargs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) read by the method's attention processors
 
     def frame_times(self, t: Tensor) -> Tensor:
         """Per-frame flow time (B, F): ``t`` (B,) on generated frames, 0 on held (clean) frames."""
         return torch.where(self.generate, t[:, None], torch.zeros_like(t[:, None]))
 
-    def packed(self, latents: Tensor, t: Tensor, branches: Mapping[int, AttentionBranch] | None = None) -> PackedInput:
+    def packed(self, latents: Tensor, t: Tensor) -> PackedInput:
         """The backbone input for ``latents`` at per-frame times ``t`` (B, F)."""
         return PackedInput(
             latents=latents,
@@ -62,8 +62,7 @@ class LatentSequence:
             frame_ids=self.frame_ids,
             injections=self.injections,
             attention_mask=self.attention_mask,
-            branches=branches or {},
-            branch_inputs=self.branch_inputs,
+            attention_kwargs=self.attention_kwargs,
         )
 
     @classmethod
@@ -147,6 +146,8 @@ class AnimationSystem(L.LightningModule):
     conditions: tuple[str, ...] = ()
     #: conditions active at each CFG level (level 0 = least conditioned ... level K = all)
     guidance_levels: tuple[tuple[str, ...], ...] = ((),)
+    #: latent inputs that change from draw to draw (random augmentations): never read from or written to the latent cache
+    uncached_latents: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -186,10 +187,15 @@ class AnimationSystem(L.LightningModule):
         self.val_loss = MeanMetric()
         self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None)
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
+        self.initialised_keys: frozenset[str] = frozenset()  # weights loaded from an earlier stage (init_from): saved even when frozen here
         if backbone.vae is not None:
             backbone.vae.requires_grad_(False)
 
     # ----- what a method defines -------------------------------------------------------------
+    def prepare_batch(self, batch: dict, augment: bool) -> dict:
+        """What a method derives from a batch before encoding (One-to-All: the outpainting mask); ``augment`` = a training draw."""
+        return batch
+
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
         """The VAE latents :meth:`build_sequence` needs: name -> pixel builder (the video only when training)."""
         raise NotImplementedError(f"{type(self).__name__} must say which latents it encodes")
@@ -197,10 +203,6 @@ class AnimationSystem(L.LightningModule):
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
         """Lay out one batch along time; ``drop[name]`` (B,) bool marks dropped conditions."""
         raise NotImplementedError(f"{type(self).__name__} must lay out its latent sequence")
-
-    def attention_branches(self) -> Mapping[int, AttentionBranch]:
-        """Block index -> this method's extra attention branch (none by default)."""
-        return {}
 
     # ----- the flow pair: override both for another flow-matching objective --------------------
     def flow_pair(self, seq: LatentSequence, noise: Tensor, t: Tensor) -> FlowPair:
@@ -216,7 +218,7 @@ class AnimationSystem(L.LightningModule):
     # ----- the forward ---------------------------------------------------------------------------
     def forward(self, seq: LatentSequence, latents: Tensor, t: Tensor) -> Tensor:
         """Velocity (B, C, F, h, w) of ``latents`` laid out as ``seq`` at per-frame times ``t`` (B, F)."""
-        return self.backbone(seq.packed(latents, t, self.attention_branches()))
+        return self.backbone(seq.packed(latents, t))
 
     # ----- encoding ------------------------------------------------------------------------------
     def encode(self, batch: dict, inputs: Mapping[str, PixelFn]) -> dict[str, Tensor]:
@@ -225,20 +227,23 @@ class AnimationSystem(L.LightningModule):
         keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
         out = {}
         for name, pixels in inputs.items():
-            if self.latent_cache.enabled and keys[0] is not None:
+            if self.latent_cache.enabled and keys[0] is not None and name not in self.uncached_latents:
                 out[name] = self.latent_cache.get_or_encode(keys, name, lambda idx, fn=pixels: fn(batch)[idx], vae.encode)
             else:
                 out[name] = vae.encode(pixels(batch))
         return out
 
     def target_latent_shape(self, batch: dict) -> tuple[int, int, int, int]:
-        """(C, F, h, w) of the target clip's latents."""
-        _, _, frames, height, width = batch["video"].shape
+        """(C, F, h, w) of the target clip's latents (from the driving poses' shape when there is no video, as at inference)."""
+        _, _, frames, height, width = (batch["video"] if "video" in batch else batch["pose"]).shape
         comp = self.backbone.compression
         return (self.backbone.vae.latent_channels, comp.latent_frames(frames), *comp.latent_size(height, width))
 
     def region_weight(self, batch: dict, latent_hw: tuple[int, int]) -> Tensor:
-        """(B, 1, F, h, w) region weights of the target frames (ones when disabled)."""
+        """(B, 1, F, h, w) region weights of the target frames (ones when disabled or the batch has none, as at inference)."""
+        if "loss_weight" not in batch:
+            b = batch["reference"].shape[0]
+            return torch.ones(b, 1, self.target_latent_shape(batch)[1], *latent_hw, device=batch["reference"].device)
         weight = batch["loss_weight"]
         if not self.region_weights:
             weight = torch.ones_like(weight)
@@ -255,7 +260,8 @@ class AnimationSystem(L.LightningModule):
         return {name: torch.full((batch_size,), name not in active, device=self.device) for name in self.conditions}
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
-        """The flow-matching loss of one batch (fixed t, noise and full conditions with ``generator``)."""
+        """The flow-matching loss of one batch (fixed t, noise and full conditions, no augmentation, with ``generator``)."""
+        batch = self.prepare_batch(batch, augment=generator is None)
         latents = self.encode(batch, self.latent_inputs(training=True))
         b = batch["video"].shape[0]
         drops = self.sample_drops(b) if generator is None else self.level_drops(len(self.guidance_levels) - 1, b)
@@ -291,6 +297,7 @@ class AnimationSystem(L.LightningModule):
     # ----- sampling ------------------------------------------------------------------------------
     def sampling_sequences(self, batch: dict, levels: Sequence[int]) -> dict[int, LatentSequence]:
         """One sequence per CFG level, each built with that level's conditions only (held frames included)."""
+        batch = self.prepare_batch(batch, augment=False)
         latents = self.encode(batch, self.latent_inputs(training=False))
         b = batch["reference"].shape[0]
         return {level: self.build_sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
@@ -313,8 +320,13 @@ class AnimationSystem(L.LightningModule):
         shift: float | None = None,
         guidance: Sequence[float] | None = None,
         seed: int = 0,
+        context: Tensor | None = None,
     ) -> Tensor:
-        """Animate a batch: video (B, 3, T, H, W) in [-1, 1]; uses no ground-truth frames."""
+        """Animate a batch: video (B, 3, T, H, W) in [-1, 1]; uses no ground-truth frames.
+
+        ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
+        frames at every step, at t = 0 (One-to-All's token replace); they are decoded with the rest.
+        """
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
         guidance = list(guidance if guidance is not None else self.sampler["guidance"])
@@ -322,6 +334,8 @@ class AnimationSystem(L.LightningModule):
             raise ValueError(f"{type(self).__name__} takes {len(self.guidance_levels) - 1} guidance scale(s), got {guidance}")
         levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
         sequences = self.sampling_sequences(batch, levels)
+        if context is not None:
+            sequences = {level: with_context(seq, context) for level, seq in sequences.items()}
         top = sequences[levels[-1]]
         noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
         velocity = self.level_velocity(sequences)
@@ -367,7 +381,7 @@ class AnimationSystem(L.LightningModule):
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        keep = self.trainable_keys()
+        keep = self.trainable_keys() | self.initialised_keys
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["latent_cache"] = {"hits": self.latent_cache.hits, "misses": self.latent_cache.misses}
         checkpoint["run_config"] = getattr(self, "run_config", None)  # rebuilds the frozen base in generate
@@ -376,6 +390,17 @@ class AnimationSystem(L.LightningModule):
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}): was it written by another method or config?")
+
+
+def with_context(seq: LatentSequence, context: Tensor) -> LatentSequence:
+    """``seq`` whose first k target frames are the clean ``context`` latents (B, C, k, h, w), held at t = 0."""
+    frames = range(seq.target.start, seq.target.start + context.shape[2])
+    if frames.stop > seq.target.stop:
+        raise ValueError(f"{context.shape[2]} context latent frames do not fit a target of {seq.target.stop - seq.target.start}")
+    clean, generate = seq.clean.clone(), seq.generate.clone()
+    clean[:, :, frames.start : frames.stop] = context.to(clean)
+    generate[:, frames.start : frames.stop] = False
+    return replace(seq, clean=clean, generate=generate)
 
 
 def clip_noise(shape: Sequence[int], keys: Sequence[str] | None, seed: int) -> Tensor:
