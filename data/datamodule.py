@@ -51,6 +51,7 @@ import webdataset as wds
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from common.geometry import WAN
+from common.pose.augment import enhance_face
 from common.pose.render import render_pose
 from data.buckets import (
     BucketBatcher,
@@ -198,7 +199,7 @@ class SamplePreparer:
 
     def __init__(self, sampler: BucketSampler, fixed: bool, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
-                 rank: int = 0):
+                 rank: int = 0, face_enhancement: float = 0.0, lightened_poses: bool = False):
         if reference not in REFERENCE_POLICIES:
             raise ValueError(f"reference policy {reference!r} is not one of {REFERENCE_POLICIES}")
         self.sampler = sampler
@@ -207,6 +208,9 @@ class SamplePreparer:
         self.w_roi, self.roi_conf, self.text_mask = w_roi, roi_conf, text_mask
         self.pose_conf_threshold = pose_conf_threshold
         self.seed, self.rank = seed, rank
+        self.face_enhancement = 0.0 if fixed else face_enhancement  # a training augmentation only
+        self.lightened_poses = lightened_poses
+        self.donor: np.ndarray | None = None  # the previous sample's reference pose: another person's face for enhancement
         self.epoch = -1
 
     def __call__(self, items: Iterable[tuple[Sample, Sample | None]]) -> Iterator[dict]:
@@ -266,7 +270,7 @@ class SamplePreparer:
             plate = torch.zeros(3, height, width, dtype=torch.uint8)
         return {
             "video": frames.permute(1, 0, 2, 3),  # uint8 (3, T, H, W)
-            "pose": self.render(keypoints, height, width).permute(3, 0, 1, 2),  # uint8 (3, T, H, W)
+            "pose": self.driving_pose(keypoints, reference_keypoints, height, width, rng).permute(3, 0, 1, 2),  # uint8 (3, T, H, W)
             "reference": reference,  # uint8 (3, H, W)
             "reference_pose": self.render(reference_keypoints[None], height, width)[0].permute(2, 0, 1),
             "keypoints": torch.from_numpy(keypoints),
@@ -281,9 +285,19 @@ class SamplePreparer:
             "cache_key": self.cache_key(sample, plan, source, reference_index),
         }
 
-    def render(self, keypoints: np.ndarray, height: int, width: int) -> torch.Tensor:
+    def render(self, keypoints: np.ndarray, height: int, width: int, lightened: bool = False) -> torch.Tensor:
         """Pose maps uint8 (T, H, W, 3) of keypoints (T, 133, 3)."""
-        return torch.from_numpy(render_pose(keypoints, height, width, conf_threshold=self.pose_conf_threshold))
+        return torch.from_numpy(render_pose(keypoints, height, width, conf_threshold=self.pose_conf_threshold, lightened=lightened))
+
+    def driving_pose(self, keypoints: np.ndarray, reference_keypoints: np.ndarray, height: int, width: int,
+                     rng: np.random.Generator) -> torch.Tensor:
+        """The rendered driving poses: face-enhanced (One-to-All) with probability ``face_enhancement``, drawn lightened when enhanced or ``lightened_poses``."""
+        donor, self.donor = self.donor, reference_keypoints
+        lightened = self.lightened_poses
+        if self.face_enhancement > 0 and donor is not None and rng.random() < self.face_enhancement:
+            keypoints, changed = enhance_face(keypoints, donor, self.pose_conf_threshold)
+            lightened = lightened or changed
+        return self.render(keypoints, height, width, lightened)
 
     def cache_key(self, sample: Sample, plan: BucketPlan, source: Sample, reference_index: int) -> str:
         """Unique id of (sample content, window start/stride/frames, crop box, size, reference): the latent cache key.
@@ -295,7 +309,8 @@ class SamplePreparer:
         stride = int(indices[1] - indices[0]) if len(indices) > 1 else 1
         box = ",".join(str(value) for value in plan.box)
         return (f"{sample.key}@{sample.digest}|start{int(indices[0])}|stride{stride}|frames{len(indices)}|crop{box}"
-                f"|size{plan.size[0]}x{plan.size[1]}|ref{source.key}@{source.digest}:{reference_index}")
+                f"|size{plan.size[0]}x{plan.size[1]}|ref{source.key}@{source.digest}:{reference_index}"
+                + ("|lightened" if self.lightened_poses else ""))
 
 
 COUNT_MINIMUMS = {"batch_size": 1, "num_workers": 0, "frame_stride": 1, "epoch_batches": 1, "val_samples": 1}
@@ -342,7 +357,8 @@ class AnimationDataModule(L.LightningDataModule):
                  frame_stride: int = 1, video_image_ratio: Sequence[float] = (6, 1), epoch_batches: int = 100,
                  val_samples: int = 16, random_window: bool = True, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
-                 shuffle_buffer: int = 64, max_pending: int | None = None):
+                 shuffle_buffer: int = 64, max_pending: int | None = None, face_enhancement: float = 0.0,
+                 lightened_poses: bool = False):
         super().__init__()
         if root is None and train_urls is None and val_urls is None and test_urls is None:
             raise ValueError(f"AnimationDataModule needs a dataset root or shard urls; {CREATE_HINT}")
@@ -363,7 +379,10 @@ class AnimationDataModule(L.LightningDataModule):
         self.video_weight, self.image_weight = weights[0], weights[1]
         self.epoch_batches, self.val_samples = epoch_batches, val_samples
         self.preparer_options = dict(reference=reference, w_roi=w_roi, roi_conf=roi_conf, text_mask=text_mask,
-                                     pose_conf_threshold=pose_conf_threshold, seed=seed)
+                                     pose_conf_threshold=pose_conf_threshold, seed=seed,
+                                     face_enhancement=face_enhancement, lightened_poses=lightened_poses)
+        if not 0.0 <= face_enhancement <= 1.0:
+            raise ValueError(f"face_enhancement={face_enhancement}: a probability in [0, 1]")
         self.seed, self.shuffle_buffer, self.max_pending = seed, shuffle_buffer, max_pending
         self.bad_totals: Counter = Counter()
 

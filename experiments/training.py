@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
@@ -23,6 +24,29 @@ def resume_checkpoint(resume: str | None) -> str | None:
     if not ckpt.exists():
         raise FileNotFoundError(f"resume={resume}: no checkpoint at {ckpt} (the run saved none yet)")
     return str(ckpt)
+
+
+def load_initial_weights(system: L.LightningModule, init_from: str) -> str:
+    """Start ``system`` from the weights another run trained (``init_from=RUN`` or a .ckpt): a new stage, not a resume.
+
+    Every saved weight must exist in this model with the same shape (a stage adds modules, it does
+    not rename them); weights the earlier run did not save keep their initialisation. The loaded
+    keys are saved again with this run's checkpoints even where this stage freezes them.
+    """
+    ckpt = resume_checkpoint(init_from)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    own = system.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ValueError(f"init_from={init_from}: {len(unknown)} weights of {ckpt} are not in this model (e.g. {unknown[:3]}): a run of another method?")
+    mismatched = [k for k in state if state[k].shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"init_from={init_from}: {len(mismatched)} weights differ in shape (e.g. {k}: {tuple(state[k].shape)} in {ckpt}, {tuple(own[k].shape)} here)")
+    system.load_state_dict(state, strict=False)
+    system.initialised_keys = frozenset(state)
+    log.info("initialised %d weights from %s", len(state), ckpt)
+    return ckpt
 
 
 def keep_earlier_csv_log(log_dir: Path) -> Path | None:
@@ -52,6 +76,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     system = instantiate(cfg.method)
+    if cfg.get("init_from"):
+        load_initial_weights(system, cfg.init_from)
     system.run_config = OmegaConf.to_container(cfg, resolve=True)
     logger = build_logger(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

@@ -7,6 +7,7 @@ from diffusers import AutoencoderKLWan
 
 from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
 from animate.methods.frameprompt import FramePrompt
+from animate.methods.onetoall import OneToAll
 from animate.methods.text_to_video import TextToVideo
 from animate.methods.unianimate import UniAnimate
 
@@ -30,6 +31,17 @@ def tiny_backbone(in_channels=16):
     return WanBackbone(model, tiny_vae(), torch.randn(1, 4, 16))
 
 
+def face_keypoints(b, h, w):
+    """(B, 133, 3) keypoints with a confident nose, eyes, ears and face in the image's upper middle."""
+    g = torch.Generator().manual_seed(1)
+    keypoints = torch.zeros(b, 133, 3)
+    head = list(range(5)) + list(range(23, 91))
+    keypoints[:, head, 0] = w / 2 + (torch.rand(b, len(head), generator=g) - 0.5) * w / 8
+    keypoints[:, head, 1] = h / 4 + (torch.rand(b, len(head), generator=g) - 0.5) * h / 8
+    keypoints[:, head, 2] = 1.0
+    return keypoints
+
+
 def fake_batch(b=2, t=5, h=32, w=32):
     """A random training-format batch."""
     g = torch.Generator().manual_seed(0)
@@ -39,6 +51,7 @@ def fake_batch(b=2, t=5, h=32, w=32):
         "pose": rand(b, 3, t, h, w),
         "reference": rand(b, 3, h, w),
         "reference_pose": rand(b, 3, h, w),
+        "reference_keypoints": face_keypoints(b, h, w),
         "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16),
         "person_mask": torch.ones(b, t, h, w, dtype=torch.bool),
         "cache_key": [f"clip{i}" for i in range(b)],
@@ -61,3 +74,9 @@ def frameprompt(**kw):
 def text_to_video(**kw):
     """A tiny T2V base (no conditions, no CFG)."""
     return TextToVideo(tiny_backbone(16), ADAMW, sampler=dict(steps=2, guidance=[]), **kw)
+
+
+def onetoall(**kw):
+    """A tiny One-to-All (M = 1 extractor block of N = 2) with three-level cumulative CFG."""
+    kw = dict(extractor_blocks=1, pose_control=dict(channels=4, blocks_per_stage=1), sampler=dict(steps=2, guidance=[1.5, 2.5])) | kw
+    return OneToAll(tiny_backbone(16), ADAMW, **kw)

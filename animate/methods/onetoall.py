@@ -1,0 +1,232 @@
+"""One-to-All Animation ("One-to-All Animation: Alignment-Free Character Animation and Image Pose Transfer") as a LightningModule.
+
+Where each idea lives:
+- Outpainting training: :meth:`OneToAll.prepare_batch` masks the reference around its face
+  (:func:`common.pose.augment.outpainting_mask`); at inference the pose-guided translation
+  (:mod:`common.pose.translate`) gives the pad mask in ``batch["reference_mask"]``.
+- Reference Extractor: :mod:`animate.modules.reference_extractor` (masked reference latent + mask
+  latent on channels, M text-free blocks, one zero-initialised projection per backbone block).
+- HRFA: :mod:`animate.modules.hrfa`, the self-attention processor every block runs.
+- Identity-robust pose control: face region enhancement in the data pipeline
+  (``data.face_enhancement``, :func:`common.pose.augment.enhance_face`, drawn lightened;
+  ``data.lightened_poses`` is the inference switch); reference-guided pose control in
+  :mod:`animate.modules.pose_control`, added after block 0, with the reference latent in front
+  of the video latents along time (``reference_prefix``).
+- Token replace: training keeps the first ``context_latents`` target latent frames clean (t = 0)
+  and out of the loss with probability ``token_replace.probability``; long videos are generated
+  segment by segment (:meth:`OneToAll.generate_long`), each segment's first latent frames the
+  VAE encoding of the previous segment's last frames, held at t = 0 at every step.
+- Cumulative CFG (Eq. 16): three levels (nothing, pose, pose + reference); ``sampler.guidance:
+  [lP, lI]``, 1, 2 or 3 batched passes per step (:func:`animate.flow.guided_velocity`).
+- The three training stages: ``trainable`` names the parameter groups a stage trains
+  (conf/onetoall_stage1.yaml ... stage3.yaml, each ``init_from`` the previous run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from animate.backbone import WanBackbone
+from animate.methods.base import AnimationSystem, LatentSequence, PixelFn, keep_samples, video_pixels
+from animate.modules.hrfa import install_hrfa
+from animate.modules.pose_control import ReferenceGuidedPoseControl
+from animate.modules.reference_extractor import ReferenceExtractor
+from common.pose.augment import outpainting_mask
+
+TRAINABLE_GROUPS = ("reference_extractor", "reference_kv", "pose_control", "self_attention", "backbone")
+
+
+def in_group(name: str, group: str) -> bool:
+    """Whether the parameter ``name`` of a :class:`OneToAll` belongs to a trainable group."""
+    in_transformer = name.startswith("backbone.transformer.")
+    hrfa = ".attn1.processor." in name  # W'k, W'v and K''s norm
+    return {
+        "reference_extractor": name.startswith("reference_extractor."),
+        "reference_kv": in_transformer and hrfa,
+        "pose_control": name.startswith("pose_control."),
+        "self_attention": in_transformer and ".attn1." in name and not hrfa,  # W_q, W_k, W_v, W_o and norms: the rest of HRFA
+        "backbone": in_transformer,
+    }[group]
+
+
+def masked_reference_pixels(batch: dict) -> Tensor:
+    """The reference with its masked area zeroed (B, 3, 1, H, W)."""
+    return (batch["reference"] * (1 - batch["reference_mask"]))[:, :, None]
+
+
+def reference_mask_pixels(batch: dict) -> Tensor:
+    """The mask (1 = masked) as a 3-channel frame in [-1, 1] (B, 3, 1, H, W), for the VAE."""
+    return (batch["reference_mask"] * 2 - 1).expand(-1, 3, -1, -1)[:, :, None]
+
+
+class OneToAll(AnimationSystem):
+    """One-to-All Animation as a LightningModule."""
+
+    conditions = ("pose", "reference")
+    guidance_levels = ((), ("pose",), ("pose", "reference"))  # Eq. 16: x_0, x_P, x_RP
+    uncached_latents = frozenset({"reference", "reference_mask"})  # the outpainting mask is redrawn every step
+
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        optimizer,
+        extractor_blocks: int = 14,
+        query_rope: str = "frame0",
+        reference_prefix: bool = True,
+        pose_control: dict | None = None,
+        outpainting: dict | None = None,
+        token_replace: dict | None = None,
+        trainable: Sequence[str] = TRAINABLE_GROUPS[:4],
+        **kwargs,
+    ):
+        if backbone.in_channels != backbone.latent_channels:
+            raise ValueError(f"One-to-All adds no input channels: backbone.transformer.in_channels must be {backbone.latent_channels}, got {backbone.in_channels}")
+        unknown = set(trainable) - set(TRAINABLE_GROUPS)
+        if unknown:
+            raise ValueError(f"method.trainable names unknown groups {sorted(unknown)}: use {', '.join(TRAINABLE_GROUPS)}")
+        lora = kwargs.get("lora") or {}
+        if lora.get("rank") and {"backbone", "self_attention"} & set(trainable):
+            raise ValueError("with LoRA (method.lora.rank > 0) the backbone's own weights stay frozen: drop backbone and self_attention from method.trainable")
+        pose_cfg = dict(enabled=True, channels=16, blocks_per_stage=2, groups=4) | dict(pose_control or {})
+        # built from the backbone's blocks before LoRA wraps them (AnimationSystem.__init__)
+        extractor = ReferenceExtractor(backbone, extractor_blocks)
+        control = None
+        if pose_cfg.pop("enabled"):
+            control = ReferenceGuidedPoseControl(backbone, **pose_cfg)
+        install_hrfa(backbone.transformer, query_rope)
+        super().__init__(backbone, optimizer, **kwargs)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
+        self.reference_extractor = extractor
+        self.pose_control = control
+        self.reference_prefix = reference_prefix
+        self.outpainting = dict(probability=1.0, height_range=(2.0, 8.0), width_range=(2.0, 6.0), threshold=0.3) | dict(outpainting or {})
+        self.token_replace = dict(probability=0.2, context_latents=2) | dict(token_replace or {})
+        self.outpainting_without_face = 0  # training references whose face was not found: used whole (documented fallback)
+        self.set_trainable(trainable, lora_active=bool(lora.get("rank")))
+
+    def set_trainable(self, groups: Sequence[str], lora_active: bool) -> None:
+        """Train the parameters of ``groups`` (and LoRA adapters); freeze the rest."""
+        for name, parameter in self.named_parameters():
+            adapter = lora_active and "lora_" in name
+            parameter.requires_grad_(adapter or any(in_group(name, group) for group in groups))
+
+    # ----- inputs ------------------------------------------------------------------------------
+    def prepare_batch(self, batch: dict, augment: bool) -> dict:
+        """Add ``reference_mask`` (B, 1, H, W), 1 = masked: face-centred random masking when augmenting, else none (unless given)."""
+        if "reference_mask" in batch:
+            return batch
+        reference = batch["reference"]
+        b, _, height, width = reference.shape
+        mask = torch.zeros(b, 1, height, width)
+        if augment and self.outpainting["probability"] > 0:
+            if "reference_keypoints" not in batch:
+                raise ValueError("One-to-All's outpainting training masks the reference around its face and needs batch['reference_keypoints']; "
+                                 "set method.outpainting.probability=0 to train without it")
+            keypoints = batch["reference_keypoints"].cpu().numpy()
+            for i in range(b):
+                if torch.rand(()) >= self.outpainting["probability"]:
+                    continue
+                rng = np.random.default_rng(int(torch.randint(2**31, ())))
+                drawn = outpainting_mask(keypoints[i], height, width, rng, tuple(self.outpainting["height_range"]),
+                                         tuple(self.outpainting["width_range"]), self.outpainting["threshold"])
+                if drawn is None:
+                    self.outpainting_without_face += 1
+                    continue
+                mask[i, 0] = torch.from_numpy(drawn)
+        return batch | {"reference_mask": mask.to(reference)}
+
+    def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
+        inputs = {"reference": masked_reference_pixels, "reference_mask": reference_mask_pixels}
+        return {"video": video_pixels, **inputs} if training else inputs
+
+    # ----- the sequence ------------------------------------------------------------------------
+    def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
+        reference = latents["reference"]  # (B, C, 1, h, w)
+        b, c, _, h, w = reference.shape
+        frames = self.target_latent_shape(batch)[1]
+        target = latents["video"] if training else reference.new_zeros(b, c, frames, h, w)
+        patch = self.backbone.compression.patch_space
+        grid_h, grid_w = h // patch, w // patch
+        device = reference.device
+        # the reference: HRFA states (B, N, Lr, D) and, with the prefix, the clean first frame
+        extractor_rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=device), grid_h, grid_w)
+        states = self.reference_extractor(torch.cat([reference, latents["reference_mask"]], dim=1), extractor_rope)
+        states = keep_samples(states, drop["reference"])
+        prefix = [keep_samples(reference, drop["reference"])] if self.reference_prefix else []
+        n_ref = len(prefix)
+        clean = torch.cat([*prefix, target], dim=2)  # (B, C, n_ref + F, h, w)
+        total = n_ref + frames
+        generate = torch.ones(b, total, dtype=torch.bool, device=device)
+        generate[:, :n_ref] = False
+        loss_weight = reference.new_zeros(b, 1, total, h, w)
+        loss_weight[:, :, n_ref:] = self.region_weight(batch, (h, w)).to(loss_weight)
+        if training and self.token_replace["probability"] > 0:
+            replaced = torch.rand(b, device=device) < self.token_replace["probability"]  # (B,)
+            context = slice(n_ref, n_ref + self.token_replace["context_latents"])
+            generate[replaced, context] = False  # clean ground-truth context at t = 0 ...
+            loss_weight[replaced, :, context] = 0.0  # ... and out of the loss
+        frame_ids = torch.arange(total, device=device).expand(b, total)
+        injections = {}
+        if self.pose_control is not None:
+            reference_pose = batch["reference_pose"] if self.reference_prefix else None
+            tokens = self.pose_control(reference_pose, batch["pose"], self.backbone.rotary(frame_ids, grid_h, grid_w))
+            injections[0] = keep_samples(tokens, drop["pose"])  # added to the output of the first block
+        return LatentSequence(
+            clean=clean,
+            generate=generate,
+            loss_weight=loss_weight,
+            target=slice(n_ref, total),
+            frame_ids=frame_ids,
+            injections=injections,
+            attention_kwargs={"reference_states": states},
+        )
+
+    # ----- long videos -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_long(self, batch: dict, segment_frames: int | None = None, token_replace: bool = True, **options) -> Tensor:
+        """Animate driving poses (B, 3, T, H, W) of any length segment by segment: video (B, 3, T, H, W) in [-1, 1].
+
+        With token replace each segment after the first starts where the previous one's last
+        ``pixel_frames(context_latents)`` frames (5) are; those frames, VAE-encoded from the
+        generated pixels, stay clean at t = 0 at every step and are dropped from its output.
+        ``token_replace=False`` generates independent segments that share only the reference (the
+        paper's comparison). A sequence no longer than a segment is one segment; a segment whose
+        length is not 1 + 4k is padded with the last pose and cropped. ``options`` go to :meth:`generate`.
+        """
+        compression = self.backbone.compression
+        segment = segment_frames or self.token_replace["segment_frames"]
+        compression.check_frames(segment)
+        overlap = compression.pixel_frames(self.token_replace["context_latents"]) if token_replace else 0
+        if segment <= overlap:
+            raise ValueError(f"segment_frames={segment} must exceed the {overlap} context frames token replace carries over")
+        pose = batch["pose"]
+        total = pose.shape[2]
+        pieces: list[Tensor] = []
+        generated, index = 0, 0
+        while generated < total:
+            start = generated - overlap if pieces else 0
+            length = min(segment, total - start)
+            valid = 1 + -(-(length - 1) // compression.vae_time) * compression.vae_time  # rounded up to 1 + 4k
+            poses = pose[:, :, start : start + length]
+            poses = torch.cat([poses, poses[:, :, -1:].expand(-1, -1, valid - length, -1, -1)], dim=2)
+            part = self.segment_batch(batch, poses, index)
+            context = None
+            if pieces and overlap:
+                context = self.backbone.vae.encode(torch.cat(pieces, dim=2)[:, :, -overlap:])  # (B, C, context_latents, h, w)
+            video = self.generate(part, context=context, **options)[:, :, :length]
+            pieces.append(video[:, :, overlap:] if context is not None else video)
+            generated = start + length
+            index += 1
+        return torch.cat(pieces, dim=2)[:, :, :total]
+
+    @staticmethod
+    def segment_batch(batch: dict, poses: Tensor, index: int) -> dict:
+        """The inference batch of one segment: the reference inputs and this segment's poses; its own noise per segment."""
+        keep = ("reference", "reference_pose", "reference_mask", "reference_keypoints")
+        part = {name: batch[name] for name in keep if name in batch} | {"pose": poses}
+        keys = batch.get("key") or [str(i) for i in range(poses.shape[0])]
+        return part | {"key": [f"{key}#segment{index}" for key in keys]}

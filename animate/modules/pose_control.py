@@ -1,0 +1,89 @@
+"""One-to-All's reference-guided pose control: Pose ResNet over [reference pose | driving poses], one self-attention block.
+
+The reference pose (never face-enhanced, aligned with the reference image) and the driving poses
+are encoded by a Pose ResNet (the paper's Table 4) to the token grid, concatenated along time like
+the latents ``[reference | target]``, refined by one text-free self-attention block so the driving
+frames see the reference's pose, and added to the output of the first DiT block through a
+zero-initialised projection.
+
+Table 4 lists the down-sampling strides (1,2,2), (2,2,2), (1,2,2) and a final stride-1 conv, which
+compresses (2, 8, 8); the text says the encoder compresses like the VAE, and its output adds to
+the tokens, so here the strides are (1,2,2), (2,2,2), (2,2,2) and the final conv strides (1,2,2):
+Wan's (4, 16, 16) from pixels to tokens. A single pose frame is repeated to 4 like the causal
+VAE's first frame (UniAnimate-DiT's encoder does the same).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from animate.backbone import WanBackbone
+from animate.modules.text_free import TextFreeBlock, zero_linear
+from common.geometry import WAN, Compression
+
+DOWNSAMPLING = ((1, 2, 2), (2, 2, 2), (2, 2, 2))  # between the 4 stages
+OUTPUT_STRIDE = (1, 2, 2)
+
+
+class ResidualBlock3d(nn.Module):
+    """GroupNorm, SiLU, Conv3d k3, twice, plus the input (Table 4's ResNet block)."""
+
+    def __init__(self, channels: int, groups: int = 4):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.GroupNorm(groups, channels, eps=1e-6), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels, eps=1e-6), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> same."""
+        return x + self.layers(x)
+
+
+class PoseResNet(nn.Module):
+    """Pose maps (B, 3, T, H, W) in [-1, 1], T = 1 + 4k -> features (B, D, 1 + k, H/16, W/16) on the token grid."""
+
+    def __init__(self, dim: int, channels: int = 16, blocks_per_stage: int = 2, groups: int = 4, compression: Compression = WAN):
+        super().__init__()
+        if compression.vae_time != 4 or compression.token_space != 16:
+            raise ValueError("PoseResNet is built for Wan's (4, 16, 16) pixel-to-token compression")
+        if channels % groups:
+            raise ValueError(f"pose_control.channels={channels} must be a multiple of its {groups} GroupNorm groups")
+        self.compression = compression
+        layers: list[nn.Module] = [nn.Conv3d(3, channels, 3, padding=1)]
+        for stage in range(4):
+            layers += [ResidualBlock3d(channels, groups) for _ in range(blocks_per_stage)]
+            if stage < 3:
+                layers.append(nn.Conv3d(channels, channels, 3, stride=DOWNSAMPLING[stage], padding=1))
+        layers.append(nn.Conv3d(channels, dim, 3, stride=OUTPUT_STRIDE, padding=1))
+        self.layers = nn.Sequential(*layers)
+        self.to(memory_format=torch.channels_last_3d)  # oneDNN's fast path for small-channel 3D convs on CPU
+
+    def forward(self, pose: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> (B, D, F, h, w)."""
+        self.compression.check_frames(pose.shape[2])
+        repeat = self.compression.vae_time - 1
+        pose = torch.cat([pose[:, :, :1].expand(-1, -1, repeat, -1, -1), pose], dim=2)
+        return self.layers(pose.contiguous(memory_format=torch.channels_last_3d))
+
+
+class ReferenceGuidedPoseControl(nn.Module):
+    """Reference pose (B, 3, H, W) and driving poses (B, 3, T, H, W) -> tokens (B, (1 + F) h w, D) to add after block 0."""
+
+    def __init__(self, backbone: WanBackbone, channels: int = 16, blocks_per_stage: int = 2, groups: int = 4):
+        super().__init__()
+        self.encoder = PoseResNet(backbone.dim, channels, blocks_per_stage, groups, backbone.compression)
+        self.attention = TextFreeBlock(backbone.transformer.blocks[0], backbone.clean_modulation())
+        self.proj_out = zero_linear(backbone.dim)
+
+    def forward(self, reference_pose: Tensor | None, pose: Tensor, rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
+        """RoPE (B, (1 + F) h w, 1, head_dim) is the packed sequence's own: the pose tokens line up with its frames.
+
+        Without a reference pose (a sequence without the reference frame in front) only the driving poses are encoded.
+        """
+        features = self.encoder(pose)  # (B, D, F, h, w)
+        if reference_pose is not None:
+            features = torch.cat([self.encoder(reference_pose[:, :, None]), features], dim=2)  # (B, D, 1 + F, h, w)
+        tokens = features.flatten(2).transpose(1, 2)  # (B, (1 + F) h w, D)
+        return self.proj_out(self.attention(tokens, rotary_emb))

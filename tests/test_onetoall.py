@@ -1,0 +1,252 @@
+"""One-to-All Animation: the Reference Extractor's block map, HRFA's RoPE at frame 0, zero-initialised identity with the
+base, cumulative CFG in one batched forward, token replace, outpainting masks, face enhancement and the training stages."""
+
+import numpy as np
+import pytest
+import torch
+
+from animate.backbone import PackedInput
+from animate.flow import guided_velocity
+from animate.methods.base import LatentSequence
+from animate.methods.onetoall import OneToAll, in_group
+from animate.modules.hrfa import HybridReferenceAttnProcessor, frame0_rope
+from animate.modules.reference_extractor import feature_of_block
+from common.pose.augment import HEAD_POINTS, enhance_face, outpainting_mask
+from experiments.training import load_initial_weights
+
+from tiny_systems import ADAMW, fake_batch, onetoall, tiny_backbone
+
+
+def full_sequence(system, batch, training=True):
+    """The fully conditioned training-layout sequence of a batch (no augmentation, no token replace)."""
+    batch = system.prepare_batch(batch, augment=False)
+    latents = system.encode(batch, system.latent_inputs(training=training))
+    return system.build_sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, batch["reference"].shape[0]), training=training)
+
+
+def test_extractor_features_map_to_blocks_as_the_paper_shares_them():
+    assert feature_of_block(30, 15) == [i // 2 for i in range(30)]  # 1.3B: N = 30, M = 14, n = 2
+    assert feature_of_block(40, 8) == [i // 5 for i in range(40)]  # 14B: N = 40, M = 7, n = 5
+    with pytest.raises(ValueError, match="must divide"):
+        feature_of_block(30, 4)
+
+
+@torch.no_grad()
+def test_each_block_reads_its_features_projection():
+    system = onetoall(extractor_blocks=1).eval()
+    extractor = system.reference_extractor
+    for projection in extractor.projections:
+        torch.nn.init.eye_(projection.weight)
+    reference = torch.randn(2, 32, 1, 16, 16)
+    rope = system.backbone.rotary(torch.zeros(2, 1, dtype=torch.long), 8, 8)
+    features, states = extractor.features(reference, rope), extractor(reference, rope)
+    assert states.shape == (2, 2, 64, system.backbone.dim) and len(features) == 2
+    for block, feature in enumerate([0, 1]):  # N = 2 blocks, M + 1 = 2 features: one each
+        torch.testing.assert_close(states[:, block], features[feature])
+
+
+@torch.no_grad()
+def test_at_initialisation_the_velocity_is_the_base_backbones():
+    system = onetoall().eval()
+    base = tiny_backbone(16).eval()
+    seq = full_sequence(system, fake_batch())
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(seq.clean.shape, generator=g), torch.rand(seq.clean.shape[0], seq.clean.shape[2], generator=g)
+    torch.testing.assert_close(system(seq, x, t), base(PackedInput(x, t, frame_ids=seq.frame_ids)), rtol=1e-5, atol=1e-6)
+    for projection in system.reference_extractor.projections:  # the reference really enters once its projections move
+        torch.nn.init.normal_(projection.weight)
+    assert not torch.allclose(system(full_sequence(system, fake_batch()), x, t), base(PackedInput(x, t, frame_ids=seq.frame_ids)))
+
+
+def test_frame0_rope_leaves_the_time_channels_unrotated():
+    cos, sin = torch.randn(1, 6, 1, 12), torch.randn(1, 6, 1, 12)
+    cos0, sin0 = frame0_rope((cos, sin), time_channels=4)
+    assert torch.all(cos0[..., :4] == 1) and torch.all(sin0[..., :4] == 0)
+    assert torch.equal(cos0[..., 4:], cos[..., 4:]) and torch.equal(sin0[..., 4:], sin[..., 4:])
+
+
+@pytest.mark.parametrize("query_rope, frame_blind", [("frame0", True), ("full", False)])
+@torch.no_grad()
+def test_hrfa_queries_and_keys_sit_at_frame_0(query_rope, frame_blind):
+    system = onetoall(query_rope=query_rope).eval()
+    block = system.backbone.transformer.blocks[0]
+    processor = block.attn1.processor
+    assert isinstance(processor, HybridReferenceAttnProcessor) and processor.query_rope == query_rope
+    torch.nn.init.normal_(processor.to_v_ref.weight)
+    frame = torch.randn(1, 4, system.backbone.dim)  # one frame of 2 x 2 tokens, repeated over 3 frames
+    hidden = frame.repeat(1, 3, 1)
+    rope = system.backbone.rotary(torch.arange(3)[None], 2, 2)
+    reference = torch.randn(1, 2, 4, system.backbone.dim)
+    query = block.attn1.norm_q(block.attn1.to_q(hidden)).unflatten(2, (block.attn1.heads, -1))
+    out = processor.reference_attention(block.attn1, query, reference[:, 0], rope)  # (1, 12, D)
+    same = torch.allclose(out[:, :4], out[:, 8:], atol=1e-5)
+    assert same == frame_blind  # f = 0: the reference branch cannot tell frame 2 from frame 0
+
+
+@torch.no_grad()
+def test_cumulative_cfg_levels_batched_equal_separate_forwards():
+    system = onetoall().eval()
+    for projection in system.reference_extractor.projections:
+        torch.nn.init.normal_(projection.weight, std=0.1)
+    torch.nn.init.normal_(system.pose_control.proj_out.weight, std=0.1)
+    batch = fake_batch()
+    sequences = system.sampling_sequences(batch, [0, 1, 2])
+    x = torch.randn(sequences[2].clean.shape, generator=torch.Generator().manual_seed(0))
+    t = sequences[2].frame_times(torch.full((2,), 0.7))
+    separate = [system(sequences[level], system.hold(x, sequences[level]), t) for level in (0, 1, 2)]
+    batched = system.level_velocity(sequences)(x, t, [0, 1, 2]).split(2)
+    for one, other in zip(separate, batched):
+        torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(separate[0], separate[1]) and not torch.allclose(separate[1], separate[2])  # each level its own conditions
+    lp, li = 1.5, 2.5
+    expected = separate[0] + lp * (separate[1] - separate[0]) + li * (separate[2] - separate[1])  # Eq. 16
+    torch.testing.assert_close(guided_velocity(system.level_velocity(sequences), x, t, [lp, li]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_token_replace_in_training_holds_the_first_latent_frames_clean_and_out_of_the_loss():
+    system = onetoall(token_replace=dict(probability=1.0))
+    batch = system.prepare_batch(fake_batch(t=9), augment=False)
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    seq = system.build_sequence(batch, latents, system.level_drops(2, 2), training=True)
+    assert seq.target == slice(1, 4)  # [reference | 3 target latent frames]
+    assert not seq.generate[:, :3].any() and seq.generate[:, 3].all()
+    assert (seq.loss_weight[:, :, :3] == 0).all() and (seq.loss_weight[:, :, 3] > 0).all()
+    torch.testing.assert_close(seq.clean[:, :, 1:3], latents["video"][:, :, :2])
+
+
+@torch.no_grad()
+def test_token_replace_keeps_the_context_frames_at_every_step():
+    system = onetoall().eval()
+    batch = {k: v for k, v in fake_batch().items() if k != "video"}
+    batch["pose"] = torch.rand(2, 3, 21, 32, 32) * 2 - 1
+    steps, seen = [], []
+    forward = system.forward
+
+    def recording(seq, x, t):
+        steps.append((x[:, :, 1:3].clone(), t[:, 1:3].clone(), seq.clean[:, :, 1:3].clone(), seq.generate[:, 1:3].clone()))
+        return forward(seq, x, t)
+
+    system.forward = recording
+    encode = system.backbone.vae.encode
+
+    def recording_encode(video):
+        latents = encode(video)
+        seen.append((video.shape[2], latents))
+        return latents
+
+    system.backbone.vae.encode = recording_encode
+    video = system.generate_long(batch, segment_frames=13)
+    assert video.shape == (2, 3, 21, 32, 32)
+    contexts = [latents for frames, latents in seen if frames == 5]  # the previous segment's last 5 frames -> 2 latent frames
+    assert len(contexts) == 1 and contexts[0].shape[2] == 2
+    second_segment = steps[2:]  # 2 steps per segment, CFG levels batched
+    assert len(second_segment) == 2
+    for x, t, clean, generate in second_segment:
+        context = contexts[0].repeat(x.shape[0] // 2, 1, 1, 1, 1)
+        torch.testing.assert_close(x, context)  # the noisy latent's first 2 target frames are the context ...
+        torch.testing.assert_close(clean, context)
+        assert torch.all(t == 0) and not generate.any()  # ... at t = 0
+
+
+def test_independent_segments_share_no_frames():
+    system = onetoall().eval()
+    batch = {k: v for k, v in fake_batch().items() if k != "video"}
+    batch["pose"] = torch.rand(2, 3, 11, 32, 32) * 2 - 1
+    assert system.generate_long(batch, segment_frames=5, token_replace=False).shape == (2, 3, 11, 32, 32)
+    with pytest.raises(ValueError, match="context frames"):
+        system.generate_long(batch, segment_frames=5)
+
+
+def test_outpainting_mask_keeps_the_head_and_masks_around_it():
+    keypoints = fake_batch()["reference_keypoints"][0].numpy().astype(np.float64)
+    rng = np.random.default_rng(0)
+    masks = [outpainting_mask(keypoints, 32, 32, rng, (1.0, 3.0), (1.0, 2.0)) for _ in range(20)]
+    head = keypoints[HEAD_POINTS]
+    for mask in masks:
+        assert mask.shape == (32, 32) and mask.any() and not mask.all()
+        assert not mask[int(head[:, 1].mean()), int(head[:, 0].mean())]  # the face centre is kept
+    assert len({m.sum() for m in masks}) > 1  # random sizes
+    assert outpainting_mask(np.zeros((133, 3)), 32, 32, rng) is None  # no face: the caller keeps the whole reference
+
+
+def test_training_references_are_masked_and_a_missing_face_is_counted():
+    system = onetoall(outpainting=dict(probability=1.0))
+    batch = fake_batch()
+    batch["reference_keypoints"][1] = 0  # no face found in the second reference
+    prepared = system.prepare_batch(batch, augment=True)
+    assert prepared["reference_mask"][0].any() and not prepared["reference_mask"][1].any()
+    assert system.outpainting_without_face == 1
+    assert not system.prepare_batch(batch, augment=False)["reference_mask"].any()  # validation and sampling: the whole reference
+    del batch["reference_keypoints"]
+    with pytest.raises(ValueError, match="reference_keypoints"):
+        system.prepare_batch(batch, augment=True)
+
+
+def test_face_enhancement_moves_face_points_only():
+    rng = np.random.default_rng(0)
+    driving = np.zeros((4, 133, 3))
+    driving[..., :2] = rng.uniform(20, 100, size=(4, 133, 2))
+    driving[..., 2] = 1.0
+    donor = driving[0].copy()
+    donor[HEAD_POINTS, :2] = donor[0, :2] + rng.normal(0, 8, size=(len(HEAD_POINTS), 2))  # another face around the nose
+    enhanced, changed = enhance_face(driving, donor)
+    others = np.setdiff1d(np.arange(133), HEAD_POINTS)
+    assert changed and np.array_equal(enhanced[:, others], driving[:, others]) and np.array_equal(enhanced[..., 2], driving[..., 2])
+    assert not np.allclose(enhanced[:, HEAD_POINTS], driving[:, HEAD_POINTS])
+    motion = np.diff(enhanced[:, HEAD_POINTS, :2], axis=0)  # each frame's face moves as the driving face did
+    np.testing.assert_allclose(motion, np.diff(driving[:, HEAD_POINTS, :2], axis=0), atol=1e-9)
+    no_nose = donor.copy()
+    no_nose[0, 2] = 0
+    assert enhance_face(driving, no_nose)[1] is False
+
+
+def test_stage_groups_freeze_the_rest():
+    system = onetoall(trainable=["reference_extractor", "reference_kv"], pose_control=dict(enabled=False))
+    trainable = {name for name, p in system.named_parameters() if p.requires_grad}
+    assert trainable and all(in_group(n, "reference_extractor") or in_group(n, "reference_kv") for n in trainable)
+    assert any(".attn1.processor.to_k_ref" in n for n in trainable) and not any(n.startswith("backbone.transformer.") and ".attn1.to_q" in n for n in trainable)
+    assert system.pose_control is None
+    with pytest.raises(ValueError, match="unknown groups"):
+        onetoall(trainable=["everything"])
+    with pytest.raises(ValueError, match="LoRA"):
+        OneToAll(tiny_backbone(16), ADAMW, extractor_blocks=1, trainable=["backbone"], lora=dict(rank=4))
+
+
+def test_init_from_loads_an_earlier_stage_and_refuses_another_method(tmp_path):
+    stage1 = onetoall(trainable=["reference_extractor", "reference_kv"], pose_control=dict(enabled=False))
+    with torch.no_grad():
+        for p in stage1.reference_extractor.parameters():
+            p.add_(1.0)
+    state = {k: v for k, v in stage1.state_dict().items() if k in stage1.trainable_keys()}
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    stage2 = onetoall()
+    load_initial_weights(stage2, str(tmp_path))
+    torch.testing.assert_close(stage2.reference_extractor.patch_embedding.weight, stage1.reference_extractor.patch_embedding.weight)
+    assert stage2.initialised_keys == frozenset(state)
+    checkpoint = {"state_dict": stage2.state_dict()}
+    stage2.on_save_checkpoint(checkpoint)
+    assert set(state) <= set(checkpoint["state_dict"])  # kept even if this stage froze them
+    torch.save({"state_dict": {"pose_encoder.proj_out.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="another method"):
+        load_initial_weights(stage2, str(tmp_path / "other.ckpt"))
+
+
+def test_train_step_reaches_every_new_module():
+    system = onetoall()
+    for projection in system.reference_extractor.projections:  # off zero, so gradients reach the extractor's blocks
+        torch.nn.init.normal_(projection.weight, std=0.1)
+    torch.nn.init.normal_(system.pose_control.proj_out.weight, std=0.1)
+    system.loss(fake_batch()).backward()
+    for name in ("reference_extractor.blocks.0.modulation", "reference_extractor.patch_embedding.weight",
+                 "backbone.transformer.blocks.1.attn1.processor.to_v_ref.weight", "pose_control.encoder.layers.0.weight",
+                 "pose_control.attention.block.attn1.to_q.weight"):
+        grad = dict(system.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_latent_sequence_cat_joins_the_reference_states():
+    system = onetoall().eval()
+    sequences = system.sampling_sequences(fake_batch(), [1, 2])
+    joined = LatentSequence.cat([sequences[1], sequences[2]])
+    assert joined.attention_kwargs["reference_states"].shape[0] == 4
+    assert torch.all(joined.attention_kwargs["reference_states"][:2] == 0)  # level 1 (pose only) drops the reference
