@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = system.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     data_seconds, batch = timed(lambda: next(iter(datamodule.train_dataloader())), device)
-    batch = move_batch(batch, device)
+    batch = system.prepare_batch(move_batch(batch, device), augment=True)  # the method's own inputs (One-to-All's outpainting mask), drawn once
     inputs = system.latent_inputs(training=True)
     with torch.no_grad():
         encode_seconds, latents = timed(lambda: system.encode(batch, inputs), device)

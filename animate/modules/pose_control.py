@@ -15,6 +15,8 @@ VAE's first frame (UniAnimate-DiT's encoder does the same).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -44,8 +46,11 @@ class ResidualBlock3d(nn.Module):
 class PoseResNet(nn.Module):
     """Pose maps (B, 3, T, H, W) in [-1, 1], T = 1 + 4k -> features (B, D, 1 + k, H/16, W/16) on the token grid."""
 
-    def __init__(self, dim: int, channels: int = 16, blocks_per_stage: int = 2, groups: int = 4, compression: Compression = WAN):
+    def __init__(self, dim: int, channels: int = 16, blocks_per_stage: int | Sequence[int] = 2, groups: int = 4, compression: Compression = WAN):
         super().__init__()
+        blocks = [blocks_per_stage] * 4 if isinstance(blocks_per_stage, int) else list(blocks_per_stage)
+        if len(blocks) != 4 or min(blocks) < 0:
+            raise ValueError(f"pose_control.blocks_per_stage={blocks_per_stage}: one count, or 4 (one per stage), each >= 0")
         if compression.vae_time != 4 or compression.token_space != 16:
             raise ValueError("PoseResNet is built for Wan's (4, 16, 16) pixel-to-token compression")
         if channels % groups:
@@ -53,7 +58,7 @@ class PoseResNet(nn.Module):
         self.compression = compression
         layers: list[nn.Module] = [nn.Conv3d(3, channels, 3, padding=1)]
         for stage in range(4):
-            layers += [ResidualBlock3d(channels, groups) for _ in range(blocks_per_stage)]
+            layers += [ResidualBlock3d(channels, groups) for _ in range(blocks[stage])]
             if stage < 3:
                 layers.append(nn.Conv3d(channels, channels, 3, stride=DOWNSAMPLING[stage], padding=1))
         layers.append(nn.Conv3d(channels, dim, 3, stride=OUTPUT_STRIDE, padding=1))
@@ -71,7 +76,7 @@ class PoseResNet(nn.Module):
 class ReferenceGuidedPoseControl(nn.Module):
     """Reference pose (B, 3, H, W) and driving poses (B, 3, T, H, W) -> tokens (B, (1 + F) h w, D) to add after block 0."""
 
-    def __init__(self, backbone: WanBackbone, channels: int = 16, blocks_per_stage: int = 2, groups: int = 4):
+    def __init__(self, backbone: WanBackbone, channels: int = 16, blocks_per_stage: int | Sequence[int] = 2, groups: int = 4):
         super().__init__()
         self.encoder = PoseResNet(backbone.dim, channels, blocks_per_stage, groups, backbone.compression)
         self.attention = TextFreeBlock(backbone.transformer.blocks[0], backbone.clean_modulation())
