@@ -10,6 +10,9 @@ generated | ground truth, and ``KEY.png``: four of its frames), with ``figure=PA
 ``figure_clips`` clips' still grids of the first model side by side (the README's picture), and
 ``heldout.json``: each model's PSNR over the frame and inside the
 character's mask, scored by the evaluation path (:func:`metrics.evaluation.run_evaluation`).
+
+``python -m experiments.generate ckpt=RUN/last.ckpt reference=IMAGE driving=VIDEO_OR_POSES`` animates
+your own reference with a driving video or pose file instead (:mod:`experiments.custom_input`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from PIL import Image
 from common.files import atomic_write_json
 from common.video import side_by_side, write_png
 from experiments.cli import UsageError, run
+from experiments.custom_input import animate_custom
 from experiments.prediction import MODELS, check_model, end_distributed, has_pretrained_base, heldout_loader, load_run, predict_clips
 from metrics.evaluation import run_evaluation
 
@@ -48,8 +52,12 @@ def score(cfg: DictConfig, out: Path, model: str) -> dict[str, float]:
     return summary["full"]
 
 
-def generate(cfg: DictConfig) -> dict | None:
-    """Render and score held-out clips of a checkpoint with each model of ``cfg.models``."""
+def generate(cfg: DictConfig) -> dict | Path | None:
+    """Render and score held-out clips of a checkpoint with each model of ``cfg.models``; with ``reference=`` animate your own inputs."""
+    if cfg.reference or cfg.driving:
+        if not (cfg.reference and cfg.driving):
+            raise UsageError("animating your own inputs takes both reference=IMAGE and driving=VIDEO_OR_POSES")
+        return animate_custom(cfg)
     if not cfg.models:
         raise UsageError(f"models=[]: name at least one of {', '.join(MODELS)}")
     for model in cfg.models:

@@ -230,3 +230,40 @@ def test_invalid_override_value_is_rejected_by_the_method():
 def test_missing_dataset_names_the_path(tmp_path):
     result = fit(["conf=frameprompt", f"data.root={tmp_path}/absent", "data.synthetic=null", f"hydra.run.dir={tmp_path}/run", "logger=csv"], timeout=300)
     assert result.returncode != 0 and f"{tmp_path}/absent" in result.stderr and "data.synthetic" in result.stderr
+
+
+def standing_keypoints(height: int, width: int, arm: float = 0.0) -> np.ndarray:
+    """(133, 3) keypoints of a person standing in a height x width frame: body and face confident, hands and feet absent."""
+    u, v = width / 48, height / 64
+    body = [(24, 10), (26, 9), (22, 9), (28, 10), (20, 10), (30, 18), (18, 18), (33 + arm, 26), (15 - arm, 26), (34 + arm, 33),
+            (14 - arm, 33), (28, 34), (20, 34), (28, 45), (20, 45), (28, 56), (20, 56)]
+    keypoints = np.zeros((133, 3), dtype=np.float32)
+    keypoints[:17, :2] = np.array(body) * [u, v]
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    keypoints[23:91, 0] = (24 + 3 * np.cos(angles)) * u
+    keypoints[23:91, 1] = (10 + 3 * np.sin(angles)) * v
+    keypoints[:17, 2] = keypoints[23:91, 2] = 1.0
+    return keypoints
+
+
+def test_generate_animates_your_own_reference_and_driving_poses(workdir):
+    run = workdir / "run_onetoall"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the onetoall smoke run")
+    inputs = workdir / "custom"
+    inputs.mkdir(exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(inputs / "person.png")
+    np.save(inputs / "person_pose.npy", standing_keypoints(40, 30)[None])
+    np.save(inputs / "dance.npy", np.stack([standing_keypoints(64, 48, arm=2 * np.sin(i / 2)) for i in range(13)]))
+    out = workdir / "animated"
+    args = [f"ckpt={run / 'last.ckpt'}", f"reference={inputs / 'person.png'}", f"reference_pose={inputs / 'person_pose.npy'}",
+            f"driving={inputs / 'dance.npy'}", "driving_size=[64,48]", "segment_frames=9", "sampler.steps=2", f"out={out}", "retarget=ratio"]
+    result = subprocess.run([sys.executable, "-m", "experiments.generate", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "inputs.json").read_text())
+    assert report["frames"] == 13 and report["size"] == [80, 64] and report["token_replace"]
+    assert (out / "generated.mp4").stat().st_size > 0 and (out / "grid.mp4").exists() and (out / "reference_mask.png").exists()
+    assert np.asarray(Image.open(out / "reference_mask.png")).any()  # the reference is smaller than the driving person: padded
+    no_pose = subprocess.run([sys.executable, "-m", "experiments.generate", *[a for a in args if not a.startswith("reference_pose=")]],
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert no_pose.returncode != 0 and "reference_pose=FILE" in no_pose.stderr and "Traceback" not in no_pose.stderr

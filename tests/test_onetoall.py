@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from animate.backbone import PackedInput
+from animate.backbone import PackedInput, WanBackbone, build_transformer
 from animate.flow import guided_velocity
 from animate.methods.base import LatentSequence
 from animate.methods.onetoall import OneToAll, in_group
@@ -14,7 +14,7 @@ from animate.modules.reference_extractor import feature_of_block
 from common.pose.augment import HEAD_POINTS, enhance_face, outpainting_mask
 from experiments.training import load_initial_weights
 
-from tiny_systems import ADAMW, fake_batch, onetoall, tiny_backbone
+from tiny_systems import ADAMW, ARCH, fake_batch, onetoall, tiny_backbone, tiny_vae
 
 
 def full_sequence(system, batch, training=True):
@@ -40,9 +40,18 @@ def test_each_block_reads_its_features_projection():
     reference = torch.randn(2, 32, 1, 16, 16)
     rope = system.backbone.rotary(torch.zeros(2, 1, dtype=torch.long), 8, 8)
     features, states = extractor.features(reference, rope), extractor(reference, rope)
-    assert states.shape == (2, 2, 64, system.backbone.dim) and len(features) == 2
-    for block, feature in enumerate([0, 1]):  # N = 2 blocks, M + 1 = 2 features: one each
-        torch.testing.assert_close(states[:, block], features[feature])
+    assert states.shape == (2, 2, 64, system.backbone.dim) and len(features) == 2  # M + 1 = 2 features
+    for index, feature in enumerate(features):
+        torch.testing.assert_close(states[:, index], feature)
+    readers = [block.attn1.processor.feature_index for block in system.backbone.transformer.blocks]
+    assert readers == extractor.feature_of_block == [0, 1]  # N = 2 blocks, n = 1
+
+
+def test_every_block_of_a_deeper_backbone_reads_the_shared_feature():
+    backbone = WanBackbone(build_transformer(**(ARCH | {"num_layers": 6})), tiny_vae(), torch.randn(1, 4, 16))
+    system = OneToAll(backbone, ADAMW, extractor_blocks=2, pose_control=dict(enabled=False))
+    assert [b.attn1.processor.feature_index for b in system.backbone.transformer.blocks] == [0, 0, 1, 1, 2, 2]
+    assert len(system.reference_extractor.projections) == 3
 
 
 @torch.no_grad()
@@ -250,3 +259,11 @@ def test_latent_sequence_cat_joins_the_reference_states():
     joined = LatentSequence.cat([sequences[1], sequences[2]])
     assert joined.attention_kwargs["reference_states"].shape[0] == 4
     assert torch.all(joined.attention_kwargs["reference_states"][:2] == 0)  # level 1 (pose only) drops the reference
+
+
+@pytest.mark.parametrize("guidance, passes", [([1.0, 1.0], 1), ([1.5, 1.5], 2), ([1.5, 2.5], 3)])
+def test_cumulative_cfg_runs_one_two_or_three_passes_per_step(guidance, passes):
+    from benchmarks.guidance_cost import measure
+
+    result = measure(onetoall().eval(), fake_batch(), guidance, steps=2)
+    assert result["passes_per_step"] == passes and result["forward_calls_per_step"] == 1  # the levels share one batched forward

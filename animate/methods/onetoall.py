@@ -97,7 +97,7 @@ class OneToAll(AnimationSystem):
         control = None
         if pose_cfg.pop("enabled"):
             control = ReferenceGuidedPoseControl(backbone, **pose_cfg)
-        install_hrfa(backbone.transformer, query_rope)
+        install_hrfa(backbone.transformer, extractor.feature_of_block, query_rope)
         super().__init__(backbone, optimizer, **kwargs)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         self.reference_extractor = extractor
@@ -152,7 +152,7 @@ class OneToAll(AnimationSystem):
         patch = self.backbone.compression.patch_space
         grid_h, grid_w = h // patch, w // patch
         device = reference.device
-        # the reference: HRFA states (B, N, Lr, D) and, with the prefix, the clean first frame
+        # the reference: HRFA's features (B, M + 1, Lr, D) and, with the prefix, the clean first frame
         extractor_rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=device), grid_h, grid_w)
         states = self.reference_extractor(torch.cat([reference, latents["reference_mask"]], dim=1), extractor_rope)
         states = keep_samples(states, drop["reference"])

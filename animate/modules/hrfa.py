@@ -16,6 +16,7 @@ under ``blocks.i.attn1.processor``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,11 +41,11 @@ class HybridReferenceAttnProcessor(nn.Module):
     _attention_backend = None  # set by diffusers' set_attention_backend like its own processors'
     _parallel_config = None
 
-    def __init__(self, attn: nn.Module, block_index: int, time_channels: int, query_rope: str = "frame0"):
+    def __init__(self, attn: nn.Module, feature_index: int, time_channels: int, query_rope: str = "frame0"):
         super().__init__()
         if query_rope not in QUERY_ROPES:
             raise ValueError(f"method.query_rope={query_rope!r}: use one of {', '.join(QUERY_ROPES)}")
-        self.block_index = block_index
+        self.feature_index = feature_index  # which of the extractor's features this block reads
         self.time_channels = time_channels  # head channels that carry RoPE's time part
         self.query_rope = query_rope
         self.to_k_ref = copy.deepcopy(attn.to_k)  # W'k
@@ -60,7 +61,7 @@ class HybridReferenceAttnProcessor(nn.Module):
         encoder_hidden_states: Tensor | None = None,
         attention_mask: Tensor | None = None,
         rotary_emb: tuple[Tensor, Tensor] | None = None,  # (B, L, 1, head_dim) each
-        reference_states: Tensor | None = None,  # (B, N, Lr, D): every block's; this one reads [:, block_index]
+        reference_states: Tensor | None = None,  # (B, M + 1, Lr, D): the extractor's features; this block reads [:, feature_index]
     ) -> Tensor:
         query, key, value = wan.self_attention_heads(attn, hidden_states)  # (B, L, heads, d)
         rope_query = query
@@ -68,7 +69,7 @@ class HybridReferenceAttnProcessor(nn.Module):
             query, key = wan.apply_rotary_emb(query, *rotary_emb), wan.apply_rotary_emb(key, *rotary_emb)
         out = wan.attention(query, key, value, attention_mask, self._attention_backend)  # (B, L, D)
         if reference_states is not None:
-            out = out + self.reference_attention(attn, rope_query, reference_states[:, self.block_index], rotary_emb)
+            out = out + self.reference_attention(attn, rope_query, reference_states[:, self.feature_index], rotary_emb)
         return wan.attention_output(attn, out)
 
     def reference_attention(self, attn: nn.Module, query: Tensor, reference: Tensor, rotary_emb: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -84,12 +85,13 @@ class HybridReferenceAttnProcessor(nn.Module):
         return wan.attention(query, key, value, None, self._attention_backend)
 
 
-def install_hrfa(transformer: nn.Module, query_rope: str = "frame0") -> list[HybridReferenceAttnProcessor]:
-    """Give every block of a Wan transformer an HRFA self-attention processor; returns them in block order."""
+def install_hrfa(transformer: nn.Module, feature_of_block: Sequence[int] | None = None, query_rope: str = "frame0") -> list[HybridReferenceAttnProcessor]:
+    """Give every block of a Wan transformer an HRFA self-attention processor reading feature ``feature_of_block[i]`` (default: its own index)."""
     time_channels = wan.rope_tables(transformer.rope)[0][0].shape[1]
+    feature_of_block = list(feature_of_block) if feature_of_block is not None else list(range(len(transformer.blocks)))
     processors = []
-    for index, block in enumerate(transformer.blocks):
-        processor = HybridReferenceAttnProcessor(block.attn1, index, time_channels, query_rope)
+    for block, feature in zip(transformer.blocks, feature_of_block, strict=True):
+        processor = HybridReferenceAttnProcessor(block.attn1, feature, time_channels, query_rope)
         wan.set_self_attention_processor(block, processor)
         processors.append(processor)
     return processors

@@ -2,10 +2,12 @@
 
 The VAE latents of the masked reference and of its mask, concatenated on channels (B, 2C, 1, h, w),
 are patchified to r^0 and refined by M text-free blocks copied from the backbone's first M blocks;
-r^0..r^M are the M + 1 features. Backbone block i reads feature ``i // n`` with ``n = N / (M + 1)``
-through its own zero-initialised projection, so an untrained extractor adds nothing (1.3B:
-N = 30, M = 14; 14B: N = 40, M = 7). The extractor has no timestep: its blocks run at the
-backbone's t = 0 modulation, learned from there (:class:`TextFreeBlock`).
+r^0..r^M, each through its own zero-initialised projection (M + 1 of them, as the official code
+has), are the M + 1 features, so an untrained extractor adds nothing. Backbone block i reads
+feature ``i // n`` with ``n = N / (M + 1)`` (1.3B: N = 30, M = 14; 14B: N = 40, M = 7). The
+extractor has no timestep, so it runs once per sample, not once per denoising step: its blocks
+run at the backbone's t = 0 modulation, learned from there (:class:`TextFreeBlock`; the official
+code gives the extractor its own timestep embedder fed the denoising time).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def feature_of_block(num_blocks: int, num_features: int) -> list[int]:
 
 
 class ReferenceExtractor(nn.Module):
-    """Masked reference latents -> per-block reference states (B, N, Lr, D) for HRFA."""
+    """Masked reference latents -> the M + 1 reference features (B, M + 1, Lr, D) HRFA reads (block i: :attr:`feature_of_block` [i])."""
 
     def __init__(self, backbone: WanBackbone, num_blocks: int, in_channels: int | None = None):
         super().__init__()
@@ -41,10 +43,10 @@ class ReferenceExtractor(nn.Module):
         self.patch_embedding = widened_patch_embedding(backbone.transformer.patch_embedding, in_channels)
         modulation = backbone.clean_modulation()  # (6, D)
         self.blocks = nn.ModuleList(TextFreeBlock(backbone.transformer.blocks[i], modulation) for i in range(num_blocks))
-        self.projections = nn.ModuleList(zero_linear(backbone.dim) for _ in range(backbone.num_blocks))
+        self.projections = nn.ModuleList(zero_linear(backbone.dim) for _ in range(num_blocks + 1))
 
     def features(self, reference: Tensor, rotary_emb: tuple[Tensor, Tensor]) -> list[Tensor]:
-        """r^0..r^M, each (B, Lr, D), of reference latents (B, 2C, 1, h, w) with their frame-0 RoPE."""
+        """r^0..r^M before their projections, each (B, Lr, D), of reference latents (B, 2C, 1, h, w) with their frame-0 RoPE."""
         r = self.patch_embedding(reference.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
         features = [r]
         for block in self.blocks:
@@ -53,9 +55,8 @@ class ReferenceExtractor(nn.Module):
         return features
 
     def forward(self, reference: Tensor, rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
-        """Reference latents (B, 2C, 1, h, w) -> the states every backbone block attends to (B, N, Lr, D)."""
-        features = self.features(reference, rotary_emb)
-        return torch.stack([proj(features[i]) for proj, i in zip(self.projections, self.feature_of_block)], dim=1)
+        """Reference latents (B, 2C, 1, h, w) -> the projected features the backbone blocks attend to (B, M + 1, Lr, D)."""
+        return torch.stack([proj(r) for proj, r in zip(self.projections, self.features(reference, rotary_emb))], dim=1)
 
 
 

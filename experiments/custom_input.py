@@ -1,0 +1,167 @@
+"""Animate your own reference image with a driving video or pose file (One-to-All's inference path).
+
+    python -m experiments.generate ckpt=RUN/last.ckpt reference=IMAGE driving=VIDEO_OR_POSES \
+        [reference_pose=FILE] [driving_pose=FILE] [dwpose_dir=DIR] [retarget=ratio] [lightened_poses=true]
+
+1. Keypoints: the reference's from ``reference_pose`` (any keypoint file ``data.prepare`` reads)
+   or DWPose on the image (``dwpose_dir``); the driving ones from a keypoint file given as
+   ``driving`` itself, from ``driving_pose`` beside a driving video, or DWPose on its frames.
+2. The output size: the driving frames' (the video's, or ``driving_size`` for a keypoint file),
+   scaled so the short side is the run's ``data.resolution`` and rounded to whole tokens.
+3. Pose-guided translation (:func:`common.pose.translate.translate_reference`): the reference is
+   scaled and placed on the driving layout; the pad mask tells the model what to outpaint.
+4. Optional retargeting of the driving poses to the reference's proportions (``retarget``).
+5. Generation segment by segment with token replace (``OneToAll.generate_long``).
+
+Writes into ``out`` (default ``RUN/animate/<reference>__<driving>/``): ``generated.mp4``,
+``grid.mp4`` (translated reference | driving pose | generated), ``reference_translated.png``,
+``reference_mask.png`` and ``inputs.json`` (anchor frame, scale, sizes, segments).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from common.files import atomic_write_json
+from common.pose.render import render_pose
+from common.pose.retarget import MODES as RETARGET_MODES
+from common.pose.retarget import retarget as retarget_poses
+from common.pose.translate import translate_reference
+from common.video import comparison_grid, decode_video, frames_uint8, write_mp4, write_png
+from data.pose_import import KeypointError, load_keypoints
+from experiments.cli import UsageError
+from experiments.prediction import load_run
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 (H, W, 3) of an image file; a one-line error naming it otherwise."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as exn:
+        raise UsageError(f"reference={path}: not a readable image ({exn})") from exn
+
+
+def detect(frames: np.ndarray, dwpose_dir: str | None, what: str) -> np.ndarray:
+    """DWPose keypoints (T, 133, 3) of uint8 frames (T, H, W, 3); a one-line error when no model is configured."""
+    if not dwpose_dir:
+        raise UsageError(f"{what} has no keypoints: pass {what}_pose=FILE (a keypoint file) or dwpose_dir=DIR (DWPose's ONNX models)")
+    from common.pose.dwpose import DWPose
+
+    return DWPose(dwpose_dir).video(frames)
+
+
+def keypoints_from_file(path: str, width: int, height: int, what: str) -> np.ndarray:
+    """(T, 133, 3) keypoints of a keypoint file; a one-line error naming it otherwise."""
+    try:
+        return load_keypoints(path, width, height)
+    except (KeypointError, OSError) as exn:
+        raise UsageError(f"{what}: {exn}") from exn
+
+
+def load_reference(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The reference image (H, W, 3) and its keypoints (133, 3)."""
+    image = read_image(cfg.reference)
+    height, width = image.shape[:2]
+    if cfg.reference_pose:
+        keypoints = keypoints_from_file(cfg.reference_pose, width, height, f"reference_pose={cfg.reference_pose}")
+    else:
+        keypoints = detect(image[None], cfg.dwpose_dir, "reference")
+    if keypoints.shape[0] != 1:
+        raise UsageError(f"reference keypoints hold {keypoints.shape[0]} frames; one image needs one")
+    return image, keypoints[0]
+
+
+def load_driving(cfg: DictConfig) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+    """Driving keypoints (T, 133, 3) in source pixels, the source size (H, W), and its frames when it is a video."""
+    path = Path(cfg.driving)
+    if not path.exists():
+        raise UsageError(f"driving={cfg.driving}: no such file or directory")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        frames = decode_video(path.read_bytes(), str(path))  # (T, H, W, 3)
+        height, width = frames.shape[1:3]
+        if cfg.driving_pose:
+            keypoints = keypoints_from_file(cfg.driving_pose, width, height, f"driving_pose={cfg.driving_pose}")
+        else:
+            keypoints = detect(frames, cfg.dwpose_dir, "driving")
+        if len(keypoints) != len(frames):
+            raise UsageError(f"driving_pose={cfg.driving_pose}: {len(keypoints)} keypoint frames for a video of {len(frames)} frames")
+        return keypoints, (height, width), frames
+    if not cfg.driving_size:
+        raise UsageError(f"driving={cfg.driving} is a keypoint file: give the frame size its coordinates are in, driving_size=[H,W]")
+    height, width = (int(v) for v in cfg.driving_size)
+    return keypoints_from_file(str(path), width, height, f"driving={cfg.driving}"), (height, width), None
+
+
+def output_size(source: tuple[int, int], short_side: int, multiple: int) -> tuple[tuple[int, int], float]:
+    """The generated frame size (H, W): the source scaled to ``short_side``, rounded to ``multiple``; and the scale."""
+    scale = short_side / min(source)
+    size = tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in source)
+    return size, scale
+
+
+def unit_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).float().movedim(-1, -3) / 127.5 - 1
+
+
+def animate_custom(cfg: DictConfig) -> Path:
+    """Translate, optionally retarget, and animate ``cfg.reference`` with ``cfg.driving``; returns the output directory."""
+    system, run_cfg, _ = load_run(cfg.ckpt)
+    if not hasattr(system, "generate_long"):
+        raise UsageError(f"ckpt={cfg.ckpt}: a {type(system).__name__} run; animating your own inputs needs a method with "
+                         "pose-guided translation and segment-by-segment generation (conf=onetoall)")
+    image, reference_keypoints = load_reference(cfg)
+    driving, source, _ = load_driving(cfg)
+    compression = system.backbone.compression
+    size, scale = output_size(source, int(run_cfg.data.resolution), compression.token_space)
+    driving = driving.copy()
+    driving[..., :2] *= np.array([size[1] / source[1], size[0] / source[0]])  # into the output frame
+    threshold = float(run_cfg.data.get("pose_conf_threshold", 0.3))
+    try:
+        translation = translate_reference(image, reference_keypoints, driving, size, threshold)
+    except ValueError as exn:
+        raise UsageError(f"reference={cfg.reference}: {exn}") from exn
+    if cfg.retarget:
+        if cfg.retarget not in RETARGET_MODES:
+            raise UsageError(f"retarget={cfg.retarget}: use one of {', '.join(RETARGET_MODES)} or null")
+        driving = retarget_poses(driving, translation.keypoints, mode=cfg.retarget, threshold=threshold)
+    height, width = size
+    poses = render_pose(driving, height, width, conf_threshold=threshold, lightened=bool(cfg.lightened_poses))  # (T, H, W, 3)
+    batch = {
+        "reference": unit_tensor(translation.image)[None],  # (1, 3, H, W)
+        "reference_pose": unit_tensor(render_pose(translation.keypoints, height, width, conf_threshold=threshold))[None],
+        "reference_mask": torch.from_numpy(translation.mask).float()[None, None],  # (1, 1, H, W), 1 = padded
+        "reference_keypoints": torch.from_numpy(translation.keypoints)[None],
+        "pose": unit_tensor(poses).movedim(0, 1)[None],  # (1, 3, T, H, W)
+        "key": [f"{Path(cfg.reference).stem}__{Path(cfg.driving).stem}"],
+    }
+    options = {name: cfg.sampler[name] for name in ("steps", "shift", "seed") if cfg.sampler.get(name) is not None}
+    if cfg.sampler.get("guidance") is not None:
+        options["guidance"] = list(cfg.sampler.guidance)
+    video = system.generate_long(batch, segment_frames=cfg.segment_frames, token_replace=cfg.token_replace, **options)  # (1, 3, T, H, W)
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / "animate" / batch["key"][0]
+    generated = frames_uint8(video[0])
+    write_mp4(out / "generated.mp4", generated, cfg.fps)
+    write_mp4(out / "grid.mp4", comparison_grid(batch["reference"], batch["pose"], video), cfg.fps)
+    write_png(out / "reference_translated.png", translation.image)
+    write_png(out / "reference_mask.png", (translation.mask * 255).astype(np.uint8)[..., None].repeat(3, -1))
+    atomic_write_json(out / "inputs.json", {
+        "ckpt": str(cfg.ckpt), "reference": str(cfg.reference), "driving": str(cfg.driving), "frames": int(video.shape[2]),
+        "size": list(size), "source_size": list(source), "anchor_frame": translation.anchor, "reference_scale": translation.scale,
+        "retarget": cfg.retarget, "lightened_poses": bool(cfg.lightened_poses), "token_replace": bool(cfg.token_replace),
+        "segment_frames": cfg.segment_frames or system.token_replace["segment_frames"],
+    })
+    log.info("animated %d frames at %dx%d into %s (scale %.3g from %dx%d)", video.shape[2], height, width, out, scale, *source)
+    print(f"wrote {out / 'generated.mp4'} ({video.shape[2]} frames, {height}x{width})")
+    return out
