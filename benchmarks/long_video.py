@@ -104,7 +104,7 @@ def seams(args: argparse.Namespace) -> dict:
     """Token replace against independent segments on whole long clips."""
     system, run_cfg, _ = load_run(args.ckpts[0])
     compression = system.backbone.compression
-    frames = compression.pixel_frames(compression.latent_frames(1 + int(args.seconds * run_cfg.data.synthetic.fps) // 4 * 4))
+    frames = 1 + (int(args.seconds * run_cfg.data.synthetic.fps) - 1) // compression.vae_time * compression.vae_time  # the longest 1 + 4k window
     segment = args.segment or system.token_replace["segment_frames"]
     overlap = compression.pixel_frames(system.token_replace["context_latents"])
     batches = long_clips(run_cfg, args.seconds, args.clips, frames, args.root)

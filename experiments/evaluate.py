@@ -46,7 +46,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> tuple[list[dict], dic
     """Generate the first ``num_clips`` clips of ``split`` with ``trainer.predict`` into ``out/clips/`` and score them there."""
     trained, run_cfg, checkpoint = load_run(cfg.ckpt)
     clips = out_dir / "clips"
-    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size)
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size, cfg.get("kind", "video"))
     trainer = predict_clips(cfg, trained, run_cfg, loader, clips, model=cfg.model)
     if not end_distributed(trainer):
         return None

@@ -69,8 +69,8 @@ def generate(cfg: DictConfig) -> dict | Path | None:
         models.remove("base")
     if not models:
         raise UsageError(f"models={list(cfg.models)}: nothing to generate for this run")
-    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / f"generate_{cfg.split}"
-    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size)
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / (f"generate_{cfg.split}" + ("_images" if cfg.kind == "image" else ""))
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size, cfg.kind)
     for index, model in enumerate(models):
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)
     if not end_distributed(trainer):
@@ -81,6 +81,7 @@ def generate(cfg: DictConfig) -> dict | Path | None:
         "ckpt": str(cfg.ckpt),
         "global_step": checkpoint.get("global_step"),
         "split": cfg.split,
+        "kind": cfg.kind,
         "clips": summaries[models[0]]["clips"],
         "num_clips": cfg.num_clips,  # as asked: the split may hold fewer
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),

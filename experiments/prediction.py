@@ -73,21 +73,24 @@ class HeldoutClips(IterableDataset):
     strategy each rank takes its own disjoint share (:meth:`AnimationDataModule.eval_dataset`).
     """
 
-    def __init__(self, datamodule, split: str, num_clips: int):
+    def __init__(self, datamodule, split: str, num_clips: int, kind: str = "video"):
         self.datamodule = datamodule
         self.split = split
         self.num_clips = num_clips
+        self.kind = kind
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.datamodule.eval_dataset(self.split, self.num_clips, by_rank=True))
+        return iter(self.datamodule.eval_dataset(self.split, self.num_clips, by_rank=True, kind=self.kind))
 
 
-def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None) -> DataLoader:
-    """A loader of the held-out clips of a run's dataset (``batch_size``: null = the run's)."""
+def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None, kind: str = "video") -> DataLoader:
+    """A loader of the held-out clips (``kind="video"``) or image pairs (``"image"``: pose transfer) of a run's dataset (``batch_size``: null = the run's)."""
+    if kind not in ("video", "image"):
+        raise UsageError(f"kind={kind}: use video (held-out clips) or image (held-out image pairs, pose transfer)")
     overrides = {"batch_size": batch_size} if batch_size else {}
     datamodule = instantiate(run_cfg.data, **overrides)
     datamodule.prepare_data()
-    return DataLoader(HeldoutClips(datamodule, split, num_clips), batch_size=None)
+    return DataLoader(HeldoutClips(datamodule, split, num_clips, kind), batch_size=None)
 
 
 def check_model(model: str) -> None:

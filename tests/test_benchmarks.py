@@ -94,3 +94,19 @@ def test_latent_person_mask_marks_cells_the_person_touches_in_their_frames():
     cells = latent_person_mask(mask, (3, 2, 2), vae_time=4)
     assert cells.shape == (1, 3, 2, 2)
     assert cells[0, 1, 1, 0] == 1 and cells.sum() == 1
+
+
+def test_long_video_seams_and_seam_jump():
+    from benchmarks.long_video import seam_frames, seam_report
+
+    assert seam_frames(41, 17, 5) == [17, 29]  # segments [0, 17), [12, 29), [24, 41)
+    assert seam_frames(34, 17, 0) == [17]
+    assert seam_frames(17, 17, 5) == []
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 30, 8, 8, generator=g) * 0.2 - 0.1
+    video = target.clone()
+    video[:, 17:] += 0.5  # a jump where the second segment starts
+    report = seam_report(video, target, torch.ones(30, 8, 8, dtype=torch.bool), [17])
+    assert report["seam_jump"] > 0.2 and report["seams"] == 1
+    smooth = seam_report(target.clone(), target, torch.ones(30, 8, 8, dtype=torch.bool), [17])
+    assert abs(smooth["seam_jump"]) < 1e-6 and smooth["psnr"] > 60

@@ -267,3 +267,16 @@ def test_generate_animates_your_own_reference_and_driving_poses(workdir):
     no_pose = subprocess.run([sys.executable, "-m", "experiments.generate", *[a for a in args if not a.startswith("reference_pose=")]],
                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert no_pose.returncode != 0 and "reference_pose=FILE" in no_pose.stderr and "Traceback" not in no_pose.stderr
+
+
+def test_generate_scores_image_pose_transfer_on_held_out_pairs(workdir):
+    run = workdir / "run_onetoall"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the onetoall smoke run")
+    out = workdir / "generated_images"
+    args = [f"ckpt={run / 'last.ckpt'}", "kind=image", "num_clips=1", "sampler.steps=2", f"out={out}", "models=[trained,repeat_reference]"]
+    result = subprocess.run([sys.executable, "-m", "experiments.generate", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "heldout.json").read_text())
+    assert report["kind"] == "image" and report["clips"] == 1
+    assert len(list((out / "trained").glob("*/frame_*.png"))) == 1  # one-frame targets

@@ -164,7 +164,7 @@ class OneToAll(AnimationSystem):
         generate[:, :n_ref] = False
         loss_weight = reference.new_zeros(b, 1, total, h, w)
         loss_weight[:, :, n_ref:] = self.region_weight(batch, (h, w)).to(loss_weight)
-        if training and self.token_replace["probability"] > 0:
+        if training and self.token_replace["probability"] > 0 and frames > self.token_replace["context_latents"]:  # not on images
             replaced = torch.rand(b, device=device) < self.token_replace["probability"]  # (B,)
             context = slice(n_ref, n_ref + self.token_replace["context_latents"])
             generate[replaced, context] = False  # clean ground-truth context at t = 0 ...
