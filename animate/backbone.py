@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,18 @@ class PackedInput:
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool, True = may attend
     attention_kwargs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...): keyword inputs of every block's self-attention processor
     context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
+    block_hook: BlockHook | None = None  # a side branch that reads and updates the tokens after every block (ControlNet-style)
+
+
+class BlockHook(Protocol):
+    """A side branch run after every backbone block (after that block's injection), e.g. a ControlNet.
+
+    It sees the tokens, the per-frame modulation and the RoPE of the forward, and returns the
+    tokens to continue with; its own blocks can run through :func:`block_forward`.
+    """
+
+    def __call__(self, index: int, hidden_states: Tensor, modulation: Tensor, rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
+        """(B, L, D) tokens after block ``index`` -> (B, L, D)."""
 
 
 def rotary_embedding(rope: nn.Module, frame_ids: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -70,12 +83,16 @@ def _per_frame(x: Tensor, frames: int) -> Tensor:
 def block_forward(
     block: nn.Module,
     hidden_states: Tensor,  # (B, L, D)
-    context: Tensor,  # (B, S, D)
+    context: Tensor | None,  # (B, S, D)
     modulation: Tensor,  # (B, F, 6, D) float32, per frame
     rotary_emb: tuple[Tensor, Tensor],
-    packed: PackedInput,
+    attention_mask: Tensor | None = None,
+    attention_kwargs: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """A diffusers WanTransformerBlock with per-frame modulation, a mask and the processors' keyword inputs."""
+    """A diffusers WanTransformerBlock with per-frame modulation, a mask and the processors' keyword inputs.
+
+    A text-free block (cross-attention stripped, :func:`animate.diffusers_wan.strip_cross_attention`) skips the text.
+    """
     frames = modulation.shape[1]
     shift, scale, gate, c_shift, c_scale, c_gate = wan.block_modulation(block, modulation)  # each (B, F, 1, D)
 
@@ -87,9 +104,10 @@ def block_forward(
         return y.flatten(1, 2).type_as(x)
 
     norm_hidden_states = modulate(wan.self_attention_norm(block, hidden_states), shift, scale)
-    attn_output = wan.self_attention(block, norm_hidden_states, packed.attention_mask, rotary_emb, **packed.attention_kwargs)
+    attn_output = wan.self_attention(block, norm_hidden_states, attention_mask, rotary_emb, **(attention_kwargs or {}))
     hidden_states = gated(hidden_states, attn_output, gate)
-    hidden_states = hidden_states + wan.cross_attention(block, hidden_states, context)
+    if wan.has_cross_attention(block):
+        hidden_states = hidden_states + wan.cross_attention(block, hidden_states, context)
     norm_hidden_states = modulate(wan.feed_forward_norm(block, hidden_states), c_shift, c_scale)
     return gated(hidden_states, wan.feed_forward(block, norm_hidden_states), c_gate)
 
@@ -194,12 +212,14 @@ class WanBackbone(nn.Module):
         hidden_states, temb, modulation, context = self.embed(packed)
         hidden_states = self._inject(hidden_states, packed, -1)
         for index, block in enumerate(self.transformer.blocks):
-            args = (block, hidden_states, context, modulation, rotary_emb, packed)
+            args = (block, hidden_states, context, modulation, rotary_emb, packed.attention_mask, packed.attention_kwargs)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden_states = checkpoint(block_forward, *args, use_reentrant=False)
             else:
                 hidden_states = block_forward(*args)
             hidden_states = self._inject(hidden_states, packed, index)
+            if packed.block_hook is not None:
+                hidden_states = packed.block_hook(index, hidden_states, modulation, rotary_emb)
         output = self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
         if self.prediction == "sample":
             return velocity_from_sample(packed.latents, output, packed.t, self.prediction_min_time)

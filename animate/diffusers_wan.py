@@ -130,6 +130,11 @@ def strip_cross_attention(block: nn.Module) -> nn.Module:
     return block
 
 
+def has_cross_attention(block: nn.Module) -> bool:
+    """Whether a block attends to the text (a stripped copy does not)."""
+    return block.attn2 is not None
+
+
 def cross_attention(block: nn.Module, hidden_states: Tensor, context: Tensor) -> Tensor:
     """The block's text cross-attention, with its optional norm, as a residual update."""
     normed = block.norm2(hidden_states.float()).type_as(hidden_states)
@@ -152,6 +157,19 @@ def output_head(model: nn.Module, hidden_states: Tensor, temb: Tensor) -> Tensor
     shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unsqueeze(2).unbind(3)  # (B, F, 1, D)
     x = model.norm_out(hidden_states.float()).unflatten(1, (frames, -1)) * (1 + scale) + shift
     return model.proj_out(x.flatten(1, 2).type_as(hidden_states))
+
+
+def timestep_modulation(condition_embedder: nn.Module, t: Tensor) -> Tensor:
+    """A Wan condition embedder's timestep part alone: t (B,) in [0, 1] -> modulation (B, 6, D), float32."""
+    temb = condition_embedder.time_embedder(condition_embedder.timesteps_proj(t * TIMESTEP_SCALE).to(condition_embedder.time_proj.weight.dtype))
+    return condition_embedder.time_proj(condition_embedder.act_fn(temb)).unflatten(1, (6, -1)).float()
+
+
+def strip_text_embedding(condition_embedder: nn.Module) -> nn.Module:
+    """Remove a (copied) condition embedder's text and image parts: a timestep embedder."""
+    condition_embedder.text_embedder = None
+    condition_embedder.image_embedder = None
+    return condition_embedder
 
 
 def patch_size(model: nn.Module) -> tuple[int, int, int]:

@@ -409,3 +409,76 @@ def _check_round_trip(family: _Family, model: nn.Module, state_dict: StateDict, 
             f"back (e.g. {', '.join(lost[:3]) or 'keys collide'}); original Wan checkpoints have the Wan2.1 "
             "structure (VAE: 4 levels, num_res_blocks=2, channels growing as in dim_mult [1, 2, 4, 4])"
         )
+
+
+# ----- One-to-All's released checkpoints (ssj9596/One-to-All-Animation) --------------------------------------------
+# Official key prefix -> this framework's (docs/ONE_TO_ALL.md). First match wins; every other key is the backbone's.
+ONE_TO_ALL_KEY_MAP: tuple[tuple[str, str], ...] = (
+    (r"^blocks\.(\d+)\.attn1\.add_k_proj\.", r"backbone.transformer.blocks.\1.attn1.processor.to_k_ref."),
+    (r"^blocks\.(\d+)\.attn1\.add_v_proj\.", r"backbone.transformer.blocks.\1.attn1.processor.to_v_ref."),
+    (r"^blocks\.(\d+)\.attn1\.norm_added_k\.", r"backbone.transformer.blocks.\1.attn1.processor.norm_k_ref."),
+    (r"^refextractor\.blocks\.(\d+)\.", r"reference_extractor.blocks.\1.block."),
+    (r"^refextractor\.ref_blocks\.(\d+)\.", r"reference_extractor.projections.\1."),
+    (r"^refextractor\.", r"reference_extractor."),
+    (r"^image_to_cond\.", r"reference_prefix_encoder."),
+    (r"^input_hint_block\.", r"pose_control.encoder."),
+    (r"^controlnet\.blocks\.(\d+)\.", r"pose_control.blocks.\1.block."),
+    (r"^controlnet_zero\.(\d+)\.", r"pose_control.zero.\1."),
+    (r"^", r"backbone.transformer."),
+)
+
+
+def one_to_all_key(key: str) -> str:
+    """An official One-to-All checkpoint key -> the key in :class:`animate.methods.onetoall.OneToAll`'s state dict."""
+    for pattern, replacement in ONE_TO_ALL_KEY_MAP:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key, count=1)
+    raise AssertionError("the last rule matches every key")
+
+
+def official_one_to_all_key(key: str) -> str | None:
+    """The inverse: a OneToAll state-dict key -> the official key (None for weights the official model lacks, e.g. the VAE)."""
+    inverse = (
+        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.to_k_ref\.", r"blocks.\1.attn1.add_k_proj."),
+        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.to_v_ref\.", r"blocks.\1.attn1.add_v_proj."),
+        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.norm_k_ref\.", r"blocks.\1.attn1.norm_added_k."),
+        (r"^backbone\.transformer\.", r""),
+        (r"^reference_extractor\.blocks\.(\d+)\.block\.", r"refextractor.blocks.\1."),
+        (r"^reference_extractor\.projections\.(\d+)\.", r"refextractor.ref_blocks.\1."),
+        (r"^reference_extractor\.", r"refextractor."),
+        (r"^reference_prefix_encoder\.", r"image_to_cond."),
+        (r"^pose_control\.encoder\.", r"input_hint_block."),
+        (r"^pose_control\.blocks\.(\d+)\.block\.", r"controlnet.blocks.\1."),
+        (r"^pose_control\.zero\.(\d+)\.", r"controlnet_zero.\1."),
+    )
+    for pattern, replacement in inverse:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key, count=1)
+    return None
+
+
+def read_one_to_all_checkpoint(path: str | Path) -> StateDict:
+    """The tensors of an official One-to-All checkpoint: a folder of safetensors shards (or one file), keys mapped to OneToAll's."""
+    path = Path(path).expanduser()
+    files = sorted(path.glob(f"*{SAFETENSORS_SUFFIX}")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"method.official_checkpoint={path}: no {SAFETENSORS_SUFFIX} files (expected the released One-to-All folder)")
+    return {one_to_all_key(key): tensor for key, tensor in _read_state_dict(files).items()}
+
+
+def load_one_to_all_checkpoint(system: nn.Module, path: str | Path) -> int:
+    """Load an official checkpoint into a OneToAll built in the official form; every weight must match. Returns the count loaded."""
+    state = read_one_to_all_checkpoint(path)
+    own = {name: p for name, p in system.state_dict().items() if official_one_to_all_key(name) is not None}
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        hint = ("build OneToAll in the official form: method.extractor_timestep=true reference_prefix=encoded prefix_time=noisy "
+                "pose_control.style=controlnet and the backbone and block counts of the checkpoint")
+        raise ValueError(f"{path}: {len(missing)} weights missing (e.g. {[official_one_to_all_key(k) for k in missing[:3]]}), "
+                         f"{len(unexpected)} unknown (e.g. {unexpected[:3]}): {hint}")
+    mismatched = [k for k in state if state[k].shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"{path}: {len(mismatched)} weights differ in shape (e.g. {official_one_to_all_key(k)}: {tuple(state[k].shape)} stored, {tuple(own[k].shape)} here)")
+    system.load_state_dict(state, strict=False)
+    return len(state)

@@ -267,3 +267,71 @@ def test_cumulative_cfg_runs_one_two_or_three_passes_per_step(guidance, passes):
 
     result = measure(onetoall().eval(), fake_batch(), guidance, steps=2)
     assert result["passes_per_step"] == passes and result["forward_calls_per_step"] == 1  # the levels share one batched forward
+
+
+OFFICIAL_FORM = dict(extractor_timestep=True, reference_prefix="encoded", prefix_time="noisy",
+                     pose_control=dict(style="controlnet", blocks=1, channels=4))
+
+
+def test_official_layout_checkpoint_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    from animate.weights import official_one_to_all_key
+
+    source = onetoall(**OFFICIAL_FORM)
+    g = torch.Generator().manual_seed(3)
+    official = {}
+    for name, tensor in source.state_dict().items():
+        key = official_one_to_all_key(name)
+        if key is not None:
+            official[key] = torch.randn(tensor.shape, generator=g)
+    assert {"blocks.0.attn1.add_k_proj.weight", "blocks.1.attn1.norm_added_k.weight", "refextractor.ref_blocks.1.weight",
+            "refextractor.blocks.0.attn1.to_q.weight", "refextractor.condition_embedder.time_proj.weight", "refextractor.patch_embedding.weight",
+            "image_to_cond.down_blocks.2.resnets.0.conv2.weight", "image_to_cond.conv_out.bias",
+            "input_hint_block.down_blocks.3.downsamplers.0.conv.conv.weight", "input_hint_block.conv_out.conv.weight",
+            "controlnet.blocks.0.attn1.to_k.weight", "controlnet_zero.0.weight", "patch_embedding.weight",
+            "condition_embedder.text_embedder.linear_1.weight"} <= set(official)
+    keys = sorted(official)
+    save_file({k: official[k].contiguous() for k in keys[: len(keys) // 2]}, str(tmp_path / "diffusion_pytorch_model-00001-of-00002.safetensors"))
+    save_file({k: official[k].contiguous() for k in keys[len(keys) // 2 :]}, str(tmp_path / "diffusion_pytorch_model-00002-of-00002.safetensors"))
+    loaded = onetoall(**OFFICIAL_FORM, official_checkpoint=str(tmp_path))
+    state = loaded.state_dict()
+    for key, tensor in official.items():
+        mapped = next(name for name in state if official_one_to_all_key(name) == key)
+        torch.testing.assert_close(state[mapped], tensor, msg=key)
+    with pytest.raises(ValueError, match="official form"):
+        onetoall(official_checkpoint=str(tmp_path))  # the paper's form lacks the official modules
+
+
+@torch.no_grad()
+def test_official_form_starts_as_the_base_and_runs_every_cfg_level():
+    system = onetoall(**OFFICIAL_FORM).eval()
+    base = tiny_backbone(16).eval()
+    seq = full_sequence(system, fake_batch())
+    assert seq.reference_input is not None and seq.pose_tokens is not None and seq.prefix_frames == 1
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(seq.clean.shape, generator=g), seq.frame_times(torch.rand(2, generator=g))
+    prefix_at_t = torch.cat([t.amax(1, keepdim=True), t[:, 1:]], dim=1)  # the official form modulates the prefix with the noisy t
+    torch.testing.assert_close(system(seq, x, t), base(PackedInput(x, prefix_at_t, frame_ids=seq.frame_ids)), rtol=1e-5, atol=1e-6)
+    torch.nn.init.normal_(system.pose_control.zero[0].weight, std=0.1)
+    torch.nn.init.normal_(system.pose_control.encoder.conv_out.conv.weight, std=0.1)
+    for projection in system.reference_extractor.projections:
+        torch.nn.init.normal_(projection.weight, std=0.1)
+    sequences = system.sampling_sequences(fake_batch(), [0, 1, 2])
+    separate = [system(sequences[level], system.hold(x, sequences[level]), t) for level in (0, 1, 2)]
+    batched = system.level_velocity(sequences)(x, t, [0, 1, 2]).split(2)
+    for one, other in zip(separate, batched):
+        torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(separate[0], separate[1]) and not torch.allclose(separate[1], separate[2])
+    with torch.enable_grad():
+        system.loss(fake_batch()).backward()  # the per-step extractor and the control branch are trained through
+    assert system.reference_extractor.condition_embedder.time_proj.weight.grad is not None
+    assert system.pose_control.blocks[0].block.attn1.to_q.weight.grad is not None
+
+
+def test_causal_pose_encoder_compresses_like_the_vae_and_patchify():
+    from animate.modules.pose_control import CausalPoseEncoder
+
+    encoder = CausalPoseEncoder(8, channels=4)
+    assert encoder(torch.zeros(1, 3, 17, 64, 32)).shape == (1, 8, 5, 4, 2)
+    assert encoder(torch.zeros(1, 3, 1, 64, 32)).shape == (1, 8, 1, 4, 2)

@@ -25,6 +25,7 @@ Where each idea lives:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,9 +34,25 @@ from torch import Tensor
 from animate.backbone import WanBackbone
 from animate.methods.base import AnimationSystem, LatentSequence, PixelFn, keep_samples, video_pixels
 from animate.modules.hrfa import install_hrfa
-from animate.modules.pose_control import ReferenceGuidedPoseControl
-from animate.modules.reference_extractor import ReferenceExtractor
+from animate.modules.pose_control import ControlNetPoseBranch, ReferenceGuidedPoseControl
+from animate.modules.reference_extractor import ReferenceExtractor, ReferencePrefixEncoder
 from common.pose.augment import outpainting_mask
+
+REFERENCE_PREFIXES = ("latent", "encoded", "none")  # Eq. 11's reference latent | the official code's learned encoding | no prefix
+PREFIX_TIMES = ("clean", "noisy")  # the prefix frame's modulation: t = 0 (a clean frame) | the denoising t (official code)
+POSE_STYLES = ("paper", "controlnet")
+
+
+@dataclass
+class OneToAllSequence(LatentSequence):
+    """The latent sequence plus what One-to-All's forward computes per step (all batch-first, None when unused)."""
+
+    reference_input: Tensor | None = None  # (B, 2C, 1, h, w) for a timestep-conditioned extractor
+    reference_kept: Tensor | None = None  # (B,) 1 = reference condition kept, 0 = dropped
+    pose_tokens: Tensor | None = None  # (B, L, D) for the ControlNet-style pose branch
+    pose_scale: Tensor | None = None  # (B,) its conditioning scale: 0 where the pose is dropped
+    prefix_frames: int = 0  # frames in front of the target (the reference prefix)
+
 
 TRAINABLE_GROUPS = ("reference_extractor", "reference_kv", "pose_control", "self_attention", "backbone")
 
@@ -45,7 +62,7 @@ def in_group(name: str, group: str) -> bool:
     in_transformer = name.startswith("backbone.transformer.")
     hrfa = ".attn1.processor." in name  # W'k, W'v and K''s norm
     return {
-        "reference_extractor": name.startswith("reference_extractor."),
+        "reference_extractor": name.startswith(("reference_extractor.", "reference_prefix_encoder.")),
         "reference_kv": in_transformer and hrfa,
         "pose_control": name.startswith("pose_control."),
         "self_attention": in_transformer and ".attn1." in name and not hrfa,  # W_q, W_k, W_v, W_o and norms: the rest of HRFA
@@ -75,12 +92,15 @@ class OneToAll(AnimationSystem):
         backbone: WanBackbone,
         optimizer,
         extractor_blocks: int = 14,
+        extractor_timestep: bool = False,
         query_rope: str = "frame0",
-        reference_prefix: bool = True,
+        reference_prefix: str = "latent",
+        prefix_time: str = "clean",
         pose_control: dict | None = None,
         outpainting: dict | None = None,
         token_replace: dict | None = None,
         trainable: Sequence[str] = TRAINABLE_GROUPS[:4],
+        official_checkpoint: str | None = None,
         **kwargs,
     ):
         if backbone.in_channels != backbone.latent_channels:
@@ -91,22 +111,41 @@ class OneToAll(AnimationSystem):
         lora = kwargs.get("lora") or {}
         if lora.get("rank") and {"backbone", "self_attention"} & set(trainable):
             raise ValueError("with LoRA (method.lora.rank > 0) the backbone's own weights stay frozen: drop backbone and self_attention from method.trainable")
-        pose_cfg = dict(enabled=True, channels=16, blocks_per_stage=2, groups=4) | dict(pose_control or {})
+        if isinstance(reference_prefix, bool):  # runs configured before the encoded prefix existed
+            reference_prefix = "latent" if reference_prefix else "none"
+        if reference_prefix not in REFERENCE_PREFIXES or prefix_time not in PREFIX_TIMES:
+            raise ValueError(f"method.reference_prefix={reference_prefix!r} / prefix_time={prefix_time!r}: use one of {REFERENCE_PREFIXES} / {PREFIX_TIMES}")
+        pose_cfg = dict(enabled=True, style="paper", channels=16, blocks_per_stage=2, groups=4, blocks=2) | dict(pose_control or {})
+        if pose_cfg["style"] not in POSE_STYLES:
+            raise ValueError(f"method.pose_control.style={pose_cfg['style']!r}: use one of {', '.join(POSE_STYLES)}")
         # built from the backbone's blocks before LoRA wraps them (AnimationSystem.__init__)
-        extractor = ReferenceExtractor(backbone, extractor_blocks)
+        extractor = ReferenceExtractor(backbone, extractor_blocks, timestep=extractor_timestep)
+        prefix_encoder = None
+        if reference_prefix == "encoded":
+            prefix_encoder = ReferencePrefixEncoder(2 * backbone.latent_channels, backbone.latent_channels, groups=pose_cfg["groups"])
         control = None
-        if pose_cfg.pop("enabled"):
-            control = ReferenceGuidedPoseControl(backbone, **pose_cfg)
+        if pose_cfg["enabled"] and pose_cfg["style"] == "paper":
+            control = ReferenceGuidedPoseControl(backbone, pose_cfg["channels"], pose_cfg["blocks_per_stage"], pose_cfg["groups"])
+        elif pose_cfg["enabled"]:
+            control = ControlNetPoseBranch(backbone, pose_cfg["blocks"], pose_cfg["channels"], pose_cfg["groups"])
         install_hrfa(backbone.transformer, extractor.feature_of_block, query_rope)
         super().__init__(backbone, optimizer, **kwargs)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         self.reference_extractor = extractor
+        self.reference_prefix_encoder = prefix_encoder
         self.pose_control = control
         self.reference_prefix = reference_prefix
+        self.prefix_time = prefix_time
         self.outpainting = dict(probability=1.0, height_range=(2.0, 8.0), width_range=(2.0, 6.0), threshold=0.3) | dict(outpainting or {})
         self.token_replace = dict(probability=0.2, context_latents=2) | dict(token_replace or {})
         self.outpainting_without_face = 0  # training references whose face was not found: used whole (documented fallback)
         self.set_trainable(trainable, lora_active=bool(lora.get("rank")))
+        if official_checkpoint:
+            if lora.get("rank"):
+                raise ValueError("method.official_checkpoint loads full weights: set method.lora.rank=0 (add LoRA in a later stage with init_from)")
+            from animate.weights import load_one_to_all_checkpoint
+
+            load_one_to_all_checkpoint(self, official_checkpoint)
 
     def set_trainable(self, groups: Sequence[str], lora_active: bool) -> None:
         """Train the parameters of ``groups`` (and LoRA adapters); freeze the rest."""
@@ -152,11 +191,18 @@ class OneToAll(AnimationSystem):
         patch = self.backbone.compression.patch_space
         grid_h, grid_w = h // patch, w // patch
         device = reference.device
-        # the reference: HRFA's features (B, M + 1, Lr, D) and, with the prefix, the clean first frame
-        extractor_rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=device), grid_h, grid_w)
-        states = self.reference_extractor(torch.cat([reference, latents["reference_mask"]], dim=1), extractor_rope)
-        states = keep_samples(states, drop["reference"])
-        prefix = [keep_samples(reference, drop["reference"])] if self.reference_prefix else []
+        # the reference: HRFA's features (B, M + 1, Lr, D) (per step when they depend on t) and the frame in front
+        kept = (~drop["reference"]).to(reference.dtype)  # (B,)
+        reference_input = torch.cat([reference, latents["reference_mask"]], dim=1)  # (B, 2C, 1, h, w)
+        attention_kwargs = {}
+        if not self.reference_extractor.timestep:
+            extractor_rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=device), grid_h, grid_w)
+            attention_kwargs["reference_states"] = keep_samples(self.reference_extractor(reference_input, extractor_rope), drop["reference"])
+        prefix = []
+        if self.reference_prefix == "latent":
+            prefix = [keep_samples(reference, drop["reference"])]
+        elif self.reference_prefix == "encoded":
+            prefix = [keep_samples(self.reference_prefix_encoder(reference_input), drop["reference"])]
         n_ref = len(prefix)
         clean = torch.cat([*prefix, target], dim=2)  # (B, C, n_ref + F, h, w)
         total = n_ref + frames
@@ -170,20 +216,45 @@ class OneToAll(AnimationSystem):
             generate[replaced, context] = False  # clean ground-truth context at t = 0 ...
             loss_weight[replaced, :, context] = 0.0  # ... and out of the loss
         frame_ids = torch.arange(total, device=device).expand(b, total)
-        injections = {}
+        injections, pose_tokens, pose_scale = {}, None, None
         if self.pose_control is not None:
-            reference_pose = batch["reference_pose"] if self.reference_prefix else None
-            tokens = self.pose_control(reference_pose, batch["pose"], self.backbone.rotary(frame_ids, grid_h, grid_w))
-            injections[0] = keep_samples(tokens, drop["pose"])  # added to the output of the first block
-        return LatentSequence(
+            reference_pose = batch["reference_pose"] if n_ref else None
+            pose_kept = (~drop["pose"]).to(reference.dtype)
+            if isinstance(self.pose_control, ControlNetPoseBranch):
+                pose_tokens, pose_scale = self.pose_control.tokens(reference_pose, batch["pose"]), pose_kept  # scale 0: no control at all
+            else:
+                tokens = self.pose_control(reference_pose, batch["pose"], self.backbone.rotary(frame_ids, grid_h, grid_w))
+                injections[0] = keep_samples(tokens, drop["pose"])  # added to the output of the first block
+        return OneToAllSequence(
             clean=clean,
             generate=generate,
             loss_weight=loss_weight,
             target=slice(n_ref, total),
             frame_ids=frame_ids,
             injections=injections,
-            attention_kwargs={"reference_states": states},
+            attention_kwargs=attention_kwargs,
+            reference_input=reference_input if self.reference_extractor.timestep else None,
+            reference_kept=kept if self.reference_extractor.timestep else None,
+            pose_tokens=pose_tokens,
+            pose_scale=pose_scale,
+            prefix_frames=n_ref,
         )
+
+    def forward(self, seq: OneToAllSequence, latents: Tensor, t: Tensor) -> Tensor:
+        """The backbone's velocity, with the per-step parts: a timestep-conditioned extractor, the prefix's time, the ControlNet branch."""
+        packed = seq.packed(latents, t)
+        sample_t = t.amax(dim=1)  # (B,) the denoising time of each sample (held frames are at 0)
+        if self.prefix_time == "noisy" and seq.prefix_frames:
+            packed.t = torch.cat([sample_t[:, None].expand(-1, seq.prefix_frames), t[:, seq.prefix_frames :]], dim=1)
+        if seq.reference_input is not None:
+            b, _, _, h, w = seq.reference_input.shape
+            patch = self.backbone.compression.patch_space
+            rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=t.device), h // patch, w // patch)
+            states = self.reference_extractor(seq.reference_input, rope, sample_t) * seq.reference_kept[:, None, None, None]
+            packed.attention_kwargs = {"reference_states": states}
+        if seq.pose_tokens is not None:
+            packed.block_hook = self.pose_control.hook(seq.pose_tokens, seq.pose_scale)
+        return self.backbone(packed)
 
     # ----- long videos -------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""A backbone DiT block without text: what One-to-All's Reference Extractor and pose self-attention stack."""
+"""A backbone DiT block without text: what One-to-All's Reference Extractor and pose branches stack."""
 
 from __future__ import annotations
 
@@ -7,31 +7,30 @@ import copy
 from torch import Tensor, nn
 
 from animate import diffusers_wan as wan
+from animate.backbone import block_forward
 
 
 class TextFreeBlock(nn.Module):
-    """A copy of a Wan block minus its text cross-attention, run at a learned constant modulation.
+    """A copy of a Wan block minus its text cross-attention, with diffusers' default self-attention processor.
 
-    Its input is clean (a reference image, pose features), so instead of a timestep it carries the
-    modulation (6, D) it starts from: the backbone's at t = 0. The copy keeps diffusers' default
-    self-attention processor whatever the source block runs.
+    Its modulation comes with each call (per frame, as the backbone's blocks get it) or, for a
+    clean input with no timestep (a reference image), from a learned constant (6, D) that starts
+    at the backbone's t = 0 modulation (``modulation``).
     """
 
-    def __init__(self, block: nn.Module, modulation: Tensor):
+    def __init__(self, block: nn.Module, modulation: Tensor | None = None):
         super().__init__()
         self.block = wan.strip_cross_attention(copy.deepcopy(block))
         wan.set_self_attention_processor(self.block, wan.self_attention_processor())
-        self.modulation = nn.Parameter(modulation.detach().clone().float().view(1, 6, -1))  # (1, 6, D)
+        self.modulation = None if modulation is None else nn.Parameter(modulation.detach().clone().float().view(1, 6, -1))  # (1, 6, D)
 
-    def forward(self, hidden_states: Tensor, rotary_emb: tuple[Tensor, Tensor]) -> Tensor:
-        """(B, L, D) tokens, RoPE (B, L, 1, head_dim) -> (B, L, D)."""
-        modulation = self.modulation.unsqueeze(0)  # (1, 1, 6, D): one "frame", shared by every token
-        shift, scale, gate, c_shift, c_scale, c_gate = (m[:, 0] for m in wan.block_modulation(self.block, modulation))  # (1, 1, D)
-        normed = (wan.self_attention_norm(self.block, hidden_states) * (1 + scale) + shift).type_as(hidden_states)
-        attn = wan.self_attention(self.block, normed, None, rotary_emb)
-        hidden_states = (hidden_states.float() + attn.float() * gate).type_as(hidden_states)
-        normed = (wan.feed_forward_norm(self.block, hidden_states) * (1 + c_scale) + c_shift).type_as(hidden_states)
-        return (hidden_states.float() + wan.feed_forward(self.block, normed).float() * c_gate).type_as(hidden_states)
+    def forward(self, hidden_states: Tensor, rotary_emb: tuple[Tensor, Tensor], modulation: Tensor | None = None) -> Tensor:
+        """(B, L, D) tokens, RoPE (B, L, 1, head_dim), modulation (B, F, 6, D) or the learned one -> (B, L, D)."""
+        if modulation is None:
+            if self.modulation is None:
+                raise ValueError("this text-free block has no learned modulation: pass the timestep modulation")
+            modulation = self.modulation[:, None].expand(hidden_states.shape[0], -1, -1, -1)  # (B, 1, 6, D): one "frame", shared by every token
+        return block_forward(self.block, hidden_states, None, modulation, rotary_emb)
 
 
 def zero_linear(dim: int) -> nn.Linear:
