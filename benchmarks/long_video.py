@@ -5,7 +5,7 @@ segment starts from the previous one's last 5 frames, encoded and held clean) an
 independent segments (sharing only the reference). Per variant: PSNR over the clip and inside
 the person mask, PSNR of the frames next to a seam (2 on each side) against the rest, and the
 seam jump: the mean absolute change between the two frames that meet at a seam minus the ground
-truth's change there (0 = as smooth as the real motion).
+truth's change there (0 = as smooth as the real motion), and PSNR per quarter of the clip (drift).
 
 ``--mode lengths``: the first 17, 33 and 65 frames generated as ONE segment (no token replace),
 per-frame PSNR in bins of frames 1-17, 18-33, 34-65: whether the model holds up past the
@@ -96,7 +96,17 @@ def seam_report(video: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, s
         "psnr_elsewhere": frames[~near].mean().item(),
         "seam_jump": jumps.mean().item() if len(seams) else None,
         "seams": len(seams),
+        "psnr_by_quarter": [chunk.mean().item() for chunk in frames.chunk(4)],  # drift over the clip
     }
+
+
+def mean_of(values: list):
+    """The mean of numbers, element-wise for lists; None when the values are None."""
+    if values[0] is None:
+        return None
+    if isinstance(values[0], list):
+        return [sum(column) / len(column) for column in zip(*values)]
+    return sum(values) / len(values)
 
 
 @torch.no_grad()
@@ -115,7 +125,7 @@ def seams(args: argparse.Namespace) -> dict:
             video = system.generate_long(batch, segment_frames=segment, token_replace=token_replace, steps=args.steps)[0]
             cut = seam_frames(frames, segment, overlap if token_replace else 0)
             rows.append(seam_report(video, batch["video"][0].float(), batch["person_mask"][0], cut))
-        report[name] = {key: sum(r[key] for r in rows) / len(rows) if rows[0][key] is not None else None for key in rows[0]}
+        report[name] = {key: mean_of([r[key] for r in rows]) for key in rows[0]}
     return report
 
 

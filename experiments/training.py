@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from common.cli import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -38,11 +40,11 @@ def load_initial_weights(system: L.LightningModule, init_from: str) -> str:
     own = system.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
-        raise ValueError(f"init_from={init_from}: {len(unknown)} weights of {ckpt} are not in this model (e.g. {unknown[:3]}): a run of another method?")
+        raise UsageError(f"init_from={init_from}: {len(unknown)} weights of {ckpt} are not in this model (e.g. {unknown[:3]}): a run of another method?")
     mismatched = [k for k in state if state[k].shape != own[k].shape]
     if mismatched:
         k = mismatched[0]
-        raise ValueError(f"init_from={init_from}: {len(mismatched)} weights differ in shape (e.g. {k}: {tuple(state[k].shape)} in {ckpt}, {tuple(own[k].shape)} here)")
+        raise UsageError(f"init_from={init_from}: {len(mismatched)} weights differ in shape (e.g. {k}: {tuple(state[k].shape)} in {ckpt}, {tuple(own[k].shape)} here)")
     system.load_state_dict(state, strict=False)
     system.initialised_keys = frozenset(state)
     log.info("initialised %d weights from %s", len(state), ckpt)

@@ -107,6 +107,7 @@ def test_long_video_seams_and_seam_jump():
     video = target.clone()
     video[:, 17:] += 0.5  # a jump where the second segment starts
     report = seam_report(video, target, torch.ones(30, 8, 8, dtype=torch.bool), [17])
-    assert report["seam_jump"] > 0.2 and report["seams"] == 1
+    assert report["seam_jump"] > 0.2 and report["seams"] == 1 and len(report["psnr_by_quarter"]) == 4
+    assert report["psnr_by_quarter"][0] > report["psnr_by_quarter"][3]  # the shifted second half scores lower
     smooth = seam_report(target.clone(), target, torch.ones(30, 8, 8, dtype=torch.bool), [17])
     assert abs(smooth["seam_jump"]) < 1e-6 and smooth["psnr"] > 60

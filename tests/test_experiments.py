@@ -280,3 +280,18 @@ def test_generate_scores_image_pose_transfer_on_held_out_pairs(workdir):
     report = json.loads((out / "heldout.json").read_text())
     assert report["kind"] == "image" and report["clips"] == 1
     assert len(list((out / "trained").glob("*/frame_*.png"))) == 1  # one-frame targets
+
+
+def test_a_later_stage_starts_from_the_earlier_stages_weights(workdir, smoke_overrides):
+    stage1 = workdir / "run_onetoall_stage1"
+    if not (stage1 / "last.ckpt").exists():
+        pytest.skip("needs the onetoall_stage1 smoke run")
+    run = workdir / "run_stage2_from_stage1"
+    result = fit(["conf=onetoall_stage2", *smoke_overrides(workdir, steps=1), f"init_from={stage1}", f"hydra.run.dir={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialised" in result.stderr + result.stdout
+    earlier = torch.load(stage1 / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    later = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert set(earlier) <= set(later)  # stage 1's weights travel on, trained further or kept
+    bad = fit(["conf=onetoall_stage2", *smoke_overrides(workdir, steps=1), f"init_from={workdir / 'run_frameprompt'}", f"hydra.run.dir={workdir / 'bad'}"])
+    assert bad.returncode == 2 and "another method" in bad.stderr and "Traceback" not in bad.stderr
