@@ -5,7 +5,8 @@ Where each idea lives:
   (:func:`common.pose.augment.outpainting_mask`); at inference the pose-guided translation
   (:mod:`common.pose.translate`) gives the pad mask in ``batch["reference_mask"]``.
 - Reference Extractor: :mod:`animate.modules.reference_extractor` (masked reference latent + mask
-  latent on channels, M text-free blocks, one zero-initialised projection per backbone block).
+  latent on channels, M text-free blocks, M + 1 zero-initialised projections; block i reads
+  feature i // n).
 - HRFA: :mod:`animate.modules.hrfa`, the self-attention processor every block runs.
 - Identity-robust pose control: face region enhancement in the data pipeline
   (``data.face_enhancement``, :func:`common.pose.augment.enhance_face`, drawn lightened;
@@ -20,6 +21,9 @@ Where each idea lives:
   [lP, lI]``, 1, 2 or 3 batched passes per step (:func:`animate.flow.guided_velocity`).
 - The three training stages: ``trainable`` names the parameter groups a stage trains
   (conf/onetoall_stage1.yaml ... stage3.yaml, each ``init_from`` the previous run).
+- The official code's form, as switches (docs/ONE_TO_ALL.md): ``extractor_timestep``,
+  ``reference_prefix=encoded`` with ``prefix_time=noisy``, ``pose_control.style=controlnet``;
+  ``official_checkpoint`` loads a released checkpoint into it (:data:`animate.weights.ONE_TO_ALL_KEY_MAP`).
 """
 
 from __future__ import annotations
