@@ -141,7 +141,7 @@ class OneToAll(AnimationSystem):
         self.reference_prefix = reference_prefix
         self.prefix_time = prefix_time
         self.outpainting = dict(probability=1.0, height_range=(2.0, 8.0), width_range=(2.0, 6.0), threshold=0.3) | dict(outpainting or {})
-        self.token_replace = dict(probability=0.2, context_latents=2) | dict(token_replace or {})
+        self.token_replace = dict(probability=0.2, context_latents=2, segment_frames=81) | dict(token_replace or {})  # official: 81-frame chunks
         self.outpainting_without_face = 0  # training references whose face was not found: used whole (documented fallback)
         self.set_trainable(trainable, lora_active=bool(lora.get("rank")))
         if official_checkpoint:
@@ -180,6 +180,8 @@ class OneToAll(AnimationSystem):
                     self.outpainting_without_face += 1
                     continue
                 mask[i, 0] = torch.from_numpy(drawn)
+            if self._trainer is not None:
+                self.log("train/outpainting_without_face", float(self.outpainting_without_face), batch_size=b)
         return batch | {"reference_mask": mask.to(reference)}
 
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
