@@ -412,49 +412,40 @@ def _check_round_trip(family: _Family, model: nn.Module, state_dict: StateDict, 
 
 
 # ----- One-to-All's released checkpoints (ssj9596/One-to-All-Animation) --------------------------------------------
-# Official key prefix -> this framework's (docs/ONE_TO_ALL.md). First match wins; every other key is the backbone's.
+# Official key prefix -> this framework's (docs/ONE_TO_ALL.md), ``{i}`` a block index. The first
+# matching pair wins, in either direction; an official key that matches none is the backbone's.
 ONE_TO_ALL_KEY_MAP: tuple[tuple[str, str], ...] = (
-    (r"^blocks\.(\d+)\.attn1\.add_k_proj\.", r"backbone.transformer.blocks.\1.attn1.processor.to_k_ref."),
-    (r"^blocks\.(\d+)\.attn1\.add_v_proj\.", r"backbone.transformer.blocks.\1.attn1.processor.to_v_ref."),
-    (r"^blocks\.(\d+)\.attn1\.norm_added_k\.", r"backbone.transformer.blocks.\1.attn1.processor.norm_k_ref."),
-    (r"^refextractor\.blocks\.(\d+)\.", r"reference_extractor.blocks.\1.block."),
-    (r"^refextractor\.ref_blocks\.(\d+)\.", r"reference_extractor.projections.\1."),
-    (r"^refextractor\.", r"reference_extractor."),
-    (r"^image_to_cond\.", r"reference_prefix_encoder."),
-    (r"^input_hint_block\.", r"pose_control.encoder."),
-    (r"^controlnet\.blocks\.(\d+)\.", r"pose_control.blocks.\1.block."),
-    (r"^controlnet_zero\.(\d+)\.", r"pose_control.zero.\1."),
-    (r"^", r"backbone.transformer."),
+    ("blocks.{i}.attn1.add_k_proj.", "backbone.transformer.blocks.{i}.attn1.processor.to_k_ref."),
+    ("blocks.{i}.attn1.add_v_proj.", "backbone.transformer.blocks.{i}.attn1.processor.to_v_ref."),
+    ("blocks.{i}.attn1.norm_added_k.", "backbone.transformer.blocks.{i}.attn1.processor.norm_k_ref."),
+    ("refextractor.blocks.{i}.", "reference_extractor.blocks.{i}.block."),
+    ("refextractor.ref_blocks.{i}.", "reference_extractor.projections.{i}."),
+    ("refextractor.", "reference_extractor."),
+    ("image_to_cond.", "reference_prefix_encoder."),
+    ("input_hint_block.", "pose_control.encoder."),
+    ("controlnet.blocks.{i}.", "pose_control.blocks.{i}.block."),
+    ("controlnet_zero.{i}.", "pose_control.zero.{i}."),
+    ("", "backbone.transformer."),
 )
+
+
+def _rewrite(key: str, pairs: list[tuple[str, str]]) -> str | None:
+    """``key`` with the first matching ``(from, to)`` prefix pair applied (``{i}`` an index); None when none matches."""
+    for source, target in pairs:
+        match = re.match(re.escape(source).replace(r"\{i\}", r"(\d+)"), key)
+        if match:
+            return target.replace("{i}", match.group(1) if match.groups() else "") + key[match.end() :]
+    return None
 
 
 def one_to_all_key(key: str) -> str:
     """An official One-to-All checkpoint key -> the key in :class:`animate.methods.onetoall.OneToAll`'s state dict."""
-    for pattern, replacement in ONE_TO_ALL_KEY_MAP:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key, count=1)
-    raise AssertionError("the last rule matches every key")
+    return _rewrite(key, list(ONE_TO_ALL_KEY_MAP))
 
 
 def official_one_to_all_key(key: str) -> str | None:
     """The inverse: a OneToAll state-dict key -> the official key (None for weights the official model lacks, e.g. the VAE)."""
-    inverse = (
-        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.to_k_ref\.", r"blocks.\1.attn1.add_k_proj."),
-        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.to_v_ref\.", r"blocks.\1.attn1.add_v_proj."),
-        (r"^backbone\.transformer\.blocks\.(\d+)\.attn1\.processor\.norm_k_ref\.", r"blocks.\1.attn1.norm_added_k."),
-        (r"^backbone\.transformer\.", r""),
-        (r"^reference_extractor\.blocks\.(\d+)\.block\.", r"refextractor.blocks.\1."),
-        (r"^reference_extractor\.projections\.(\d+)\.", r"refextractor.ref_blocks.\1."),
-        (r"^reference_extractor\.", r"refextractor."),
-        (r"^reference_prefix_encoder\.", r"image_to_cond."),
-        (r"^pose_control\.encoder\.", r"input_hint_block."),
-        (r"^pose_control\.blocks\.(\d+)\.block\.", r"controlnet.blocks.\1."),
-        (r"^pose_control\.zero\.(\d+)\.", r"controlnet_zero.\1."),
-    )
-    for pattern, replacement in inverse:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key, count=1)
-    return None
+    return _rewrite(key, [(ours, official) for official, ours in ONE_TO_ALL_KEY_MAP])
 
 
 def read_one_to_all_checkpoint(path: str | Path) -> StateDict:
