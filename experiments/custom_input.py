@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from common.files import atomic_write_json
-from common.pose.render import render_pose
+from common.pose.render import pose_to_tensor, render_pose
 from common.pose.retarget import MODES as RETARGET_MODES
 from common.pose.retarget import retarget as retarget_poses
 from common.pose.translate import translate_reference
@@ -110,11 +110,6 @@ def output_size(source: tuple[int, int], short_side: int, multiple: int) -> tupl
     return size, scale
 
 
-def unit_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).float().movedim(-1, -3) / 127.5 - 1
-
-
 def animate_custom(cfg: DictConfig) -> Path:
     """Translate, optionally retarget, and animate ``cfg.reference`` with ``cfg.driving``; returns the output directory."""
     system, run_cfg, _ = load_run(cfg.ckpt)
@@ -139,11 +134,11 @@ def animate_custom(cfg: DictConfig) -> Path:
     height, width = size
     poses = render_pose(driving, height, width, conf_threshold=threshold, lightened=bool(cfg.lightened_poses))  # (T, H, W, 3)
     batch = {
-        "reference": unit_tensor(translation.image)[None],  # (1, 3, H, W)
-        "reference_pose": unit_tensor(render_pose(translation.keypoints, height, width, conf_threshold=threshold))[None],
+        "reference": pose_to_tensor(translation.image)[None],  # (1, 3, H, W)
+        "reference_pose": pose_to_tensor(render_pose(translation.keypoints, height, width, conf_threshold=threshold))[None],
         "reference_mask": torch.from_numpy(translation.mask).float()[None, None],  # (1, 1, H, W), 1 = padded
         "reference_keypoints": torch.from_numpy(translation.keypoints)[None],
-        "pose": unit_tensor(poses).movedim(0, 1)[None],  # (1, 3, T, H, W)
+        "pose": pose_to_tensor(poses)[None],  # (1, 3, T, H, W)
         "key": [f"{Path(cfg.reference).stem}__{Path(cfg.driving).stem}"],
     }
     options = {name: cfg.sampler[name] for name in ("steps", "shift", "seed") if cfg.sampler.get(name) is not None}

@@ -202,8 +202,8 @@ class OneToAll(AnimationSystem):
         reference_input = torch.cat([reference, latents["reference_mask"]], dim=1)  # (B, 2C, 1, h, w)
         attention_kwargs = {}
         if not self.reference_extractor.timestep:
-            extractor_rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=device), grid_h, grid_w)
-            attention_kwargs["reference_states"] = keep_samples(self.reference_extractor(reference_input, extractor_rope), drop["reference"])
+            states = self.reference_extractor(reference_input, self.reference_rotary(reference_input))
+            attention_kwargs["reference_states"] = keep_samples(states, drop["reference"])
         prefix = []
         if self.reference_prefix == "latent":
             prefix = [keep_samples(reference, drop["reference"])]
@@ -253,14 +253,17 @@ class OneToAll(AnimationSystem):
         if self.prefix_time == "noisy" and seq.prefix_frames:
             packed.t = torch.cat([sample_t[:, None].expand(-1, seq.prefix_frames), t[:, seq.prefix_frames :]], dim=1)
         if seq.reference_input is not None:
-            b, _, _, h, w = seq.reference_input.shape
-            patch = self.backbone.compression.patch_space
-            rope = self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=t.device), h // patch, w // patch)
-            states = self.reference_extractor(seq.reference_input, rope, sample_t) * seq.reference_kept[:, None, None, None]
-            packed.attention_kwargs = {"reference_states": states}
+            states = self.reference_extractor(seq.reference_input, self.reference_rotary(seq.reference_input), sample_t)
+            packed.attention_kwargs = {"reference_states": states * seq.reference_kept[:, None, None, None]}
         if seq.pose_tokens is not None:
             packed.block_hook = self.pose_control.hook(seq.pose_tokens, seq.pose_scale)
         return self.backbone(packed)
+
+    def reference_rotary(self, reference_input: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE of the reference's token grid at frame 0, for latents (B, 2C, 1, h, w)."""
+        b, _, _, h, w = reference_input.shape
+        patch = self.backbone.compression.patch_space
+        return self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=reference_input.device), h // patch, w // patch)
 
     # ----- long videos -------------------------------------------------------------------------
     @torch.no_grad()
@@ -283,6 +286,7 @@ class OneToAll(AnimationSystem):
         pose = batch["pose"]
         total = pose.shape[2]
         pieces: list[Tensor] = []
+        tail = None  # the last ``overlap`` generated frames: the next segment's context
         generated, index = 0, 0
         while generated < total:
             start = generated - overlap if pieces else 0
@@ -293,9 +297,11 @@ class OneToAll(AnimationSystem):
             part = self.segment_batch(batch, poses, index)
             context = None
             if pieces and overlap:
-                context = self.backbone.vae.encode(torch.cat(pieces, dim=2)[:, :, -overlap:])  # (B, C, context_latents, h, w)
+                context = self.backbone.vae.encode(tail)  # (B, C, context_latents, h, w)
             video = self.generate(part, context=context, **options)[:, :, :length]
             pieces.append(video[:, :, overlap:] if context is not None else video)
+            if overlap:
+                tail = torch.cat([tail, pieces[-1]], dim=2)[:, :, -overlap:] if tail is not None else pieces[-1][:, :, -overlap:]
             generated = start + length
             index += 1
         return torch.cat(pieces, dim=2)[:, :, :total]

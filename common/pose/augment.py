@@ -18,6 +18,12 @@ from common.pose.layout import FACE, HEAD_BODY_POINTS, Body, head_box
 HEAD_POINTS = np.array([int(i) for i in HEAD_BODY_POINTS if i != Body.NOSE] + list(range(FACE.start, FACE.stop)))  # what enhancement moves
 
 
+def head_seen(keypoints: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether any head point (nose, eyes, ears, 68 face points) is above ``threshold``: ``(...)`` of ``(..., 133, 3)``."""
+    head = np.concatenate([keypoints[..., list(HEAD_BODY_POINTS), 2], keypoints[..., FACE, 2]], axis=-1)
+    return (head > threshold).any(axis=-1)
+
+
 def outpainting_mask(
     keypoints: np.ndarray,
     height: int,
@@ -32,8 +38,7 @@ def outpainting_mask(
     The kept box is centred on the head horizontally, starts a quarter head above it, and spans
     ``width_range`` x ``height_range`` head sides (drawn uniformly).
     """
-    head = np.concatenate([keypoints[list(HEAD_BODY_POINTS)], keypoints[FACE]])
-    if not (head[:, 2] > threshold).any():
+    if not head_seen(keypoints, threshold):
         return None
     x0, y0, x1, y1 = head_box(keypoints, threshold)[0]
     side = max(x1 - x0, y1 - y0, 1.0)
@@ -46,8 +51,7 @@ def outpainting_mask(
 
 def _head_side(keypoints: np.ndarray, threshold: float) -> float:
     """Median side of the head box over frames ``(T, 133, 3)`` whose head points are confident."""
-    head = np.concatenate([keypoints[:, list(HEAD_BODY_POINTS)], keypoints[:, FACE]], axis=1)
-    seen = (head[..., 2] > threshold).any(axis=1)
+    seen = head_seen(keypoints, threshold)  # (T,)
     if not seen.any():
         return 0.0
     boxes = head_box(keypoints[seen], threshold)[0]
