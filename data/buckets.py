@@ -254,6 +254,77 @@ class BucketSampler:
         return BucketPlan(size, center_crop_box(height, width, size), window_indices(num_frames, count, self.stride))
 
 
+@dataclass(frozen=True)
+class ImageGroups:
+    """One-to-All's image groups: the images split into K / ratio groups by aspect bucket (K = video samples).
+
+    An image draw picks a group uniformly, then an image of it. Images of one aspect bucket
+    form ``count // group_size`` groups (at least one), ``group_size = images // (K / ratio)``,
+    so a group is about ``group_size`` images of one bucket, as the official
+    ``prepare_training_data.py`` builds them; a bucket with fewer images than a group is one
+    smaller group of its own (the official code drops those images). ``counts``: images per
+    aspect bucket (height, width).
+    """
+
+    counts: Mapping[Size, int]
+    groups: Mapping[Size, int]
+
+    @classmethod
+    def partition(cls, counts: Mapping[Size, int], num_videos: int, ratio: float = 6.0) -> ImageGroups:
+        """Groups of ``counts`` images per aspect bucket for ``num_videos`` videos at ``ratio`` videos per image."""
+        counts = {size: int(count) for size, count in counts.items() if count > 0}
+        if not counts:
+            raise ValueError("no images to group")
+        if ratio <= 0:
+            raise ValueError(f"video:image ratio must be > 0, got {ratio}")
+        num_groups = max(1, int(num_videos / ratio))
+        group_size = max(1, sum(counts.values()) // num_groups)
+        return cls(counts, {size: max(1, count // group_size) for size, count in counts.items()})
+
+    @property
+    def num_groups(self) -> int:
+        """Number of groups, K / ratio up to rounding per bucket."""
+        return sum(self.groups.values())
+
+    def image_probability(self, size: Size) -> float:
+        """Probability that a draw yields one given image of aspect bucket ``size``: (its groups / all groups) / its images."""
+        return self.groups[size] / self.num_groups / self.counts[size]
+
+    def acceptance(self, size: Size) -> float:
+        """Rejection-sampling acceptance of an image of bucket ``size`` drawn uniformly from all images."""
+        return self.image_probability(size) / max(self.image_probability(other) for other in self.counts)
+
+
+class GroupedImageDraw:
+    """Pipeline stage: turn a uniform stream of images into group-then-image draws of :class:`ImageGroups`.
+
+    Each image is kept with its bucket's acceptance probability, so a kept image is distributed
+    exactly as "a group uniformly, then an image of it", without random access into the shards.
+    ``size_of(sample)`` gives the image's aspect bucket, or None (unknown: passed through, counted
+    in ``ungrouped``). With groups of equal size every image is kept.
+    """
+
+    def __init__(self, groups: ImageGroups, size_of: Callable[[Any], Size | None], seed: int = 0, rank: int = 0):
+        self.groups, self.size_of = groups, size_of
+        self.seed, self.rank = seed, rank
+        self.epoch = -1
+        self.kept = self.rejected = self.ungrouped = 0
+
+    def __call__(self, samples: Iterable[Any]) -> Iterator[Any]:
+        """Keep each sample with its group acceptance probability."""
+        self.epoch += 1
+        rng = worker_rng(self.seed, self.rank, self.epoch, 0x677270)
+        for sample in samples:
+            size = self.size_of(sample)
+            if size is None or size not in self.groups.counts:
+                self.ungrouped += 1
+            elif rng.random() >= self.groups.acceptance(size):
+                self.rejected += 1
+                continue
+            self.kept += 1
+            yield sample
+
+
 def worker_id() -> tuple[int, int]:
     """(worker, num_workers) of the current DataLoader worker; (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()

@@ -5,7 +5,7 @@ Training stream (per rank and dataloader worker, infinite, reproducible from ``s
     video shards (resampled) --+
                                +-- RatioMix (videos:images) -> shuffle raw samples -> decode
     image shards (resampled) --+     (bad samples skipped and counted)
-      -> pair images              -> bucket (size, frames, window), reference frame, crop/resize
+      -> pair images -> K/6 groups -> bucket (size, frames, window), reference frame, crop/resize
                                   -> pose maps (target, reference) -> region weights
                                   -> BucketBatcher -> bad-sample counts -> with_epoch(epoch_batches)
 
@@ -23,7 +23,10 @@ frame 0, and as reference the last frame outside the window (``reference="random
 
 Image samples (``kind == "image"``) are pose-transfer pairs: two images of one identity naming
 each other in ``pair``; each becomes a one-frame target whose reference is its partner (an image
-without a partner is its own reference).
+without a partner is its own reference). In training, image draws follow One-to-All's groups
+(``image_groups``): the images are split by aspect bucket into K / 6 groups for K video samples
+(6 = the video:image ratio) and a draw picks a group, then an image of it
+(:class:`data.buckets.ImageGroups`, from the image buckets the manifest counts).
 
 Bad samples: every worker counts them (``data.shards.BadSampleCounter``); each batch carries the
 counts since the previous batch under ``bad_samples``, which :meth:`on_before_batch_transfer`
@@ -57,8 +60,11 @@ from data.buckets import (
     BucketBatcher,
     BucketPlan,
     BucketSampler,
+    GroupedImageDraw,
+    ImageGroups,
     RatioMix,
     center_crop_box,
+    closest_size,
     collate_samples,
     crop_resize_frames,
     crop_resize_masks,
@@ -68,7 +74,7 @@ from data.buckets import (
     worker_rng,
 )
 from data.masks import region_weights
-from data.shards import URL_SCHEME, BadSampleCounter, Sample, decode_sample, read_manifest
+from data.shards import URL_SCHEME, BadSampleCounter, Sample, decode_sample, parse_bucket, read_manifest
 from data.synthetic import SyntheticConfig, ensure_dataset
 
 PIXEL_KEYS = ("video", "pose", "reference", "reference_pose", "plate")
@@ -141,6 +147,15 @@ def _pair_of(raw: dict) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return meta.get("pair") if isinstance(meta, dict) and isinstance(meta.get("pair"), str) else None
+
+
+def stored_size(raw: dict) -> tuple[int, int] | None:
+    """(height, width) from a raw sample's metadata, or None when it does not parse."""
+    try:
+        meta = json.loads(raw.get("json", b"{}"))
+        return int(meta["height"]), int(meta["width"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def decode_with_pair(raw: dict) -> tuple[Sample, Sample | None]:
@@ -358,7 +373,7 @@ class AnimationDataModule(L.LightningDataModule):
                  val_samples: int = 16, random_window: bool = True, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
                  shuffle_buffer: int = 64, max_pending: int | None = None, face_enhancement: float = 0.0,
-                 lightened_poses: bool = False):
+                 lightened_poses: bool = False, image_groups: bool = True):
         super().__init__()
         if root is None and train_urls is None and val_urls is None and test_urls is None:
             raise ValueError(f"AnimationDataModule needs a dataset root or shard urls; {CREATE_HINT}")
@@ -384,6 +399,7 @@ class AnimationDataModule(L.LightningDataModule):
         if not 0.0 <= face_enhancement <= 1.0:
             raise ValueError(f"face_enhancement={face_enhancement}: a probability in [0, 1]")
         self.seed, self.shuffle_buffer, self.max_pending = seed, shuffle_buffer, max_pending
+        self.image_groups = image_groups
         self.bad_totals: Counter = Counter()
 
     # ------------------------------------------------------------------ data sources
@@ -418,6 +434,27 @@ class AnimationDataModule(L.LightningDataModule):
             shards = wds.SimpleShardList(list(urls))
         return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=counter.handler))
 
+    def aspect_bucket(self, raw: dict) -> tuple[int, int] | None:
+        """The size of the first resolution closest to a raw sample's stored aspect ratio (its image group's bucket)."""
+        size = stored_size(raw)
+        return None if size is None else closest_size(*size, self.sampler.sizes[self.sampler.resolutions[0]])
+
+    def train_image_groups(self) -> ImageGroups | None:
+        """One-to-All's K/6 image groups from the manifest's train image buckets; None when off or not countable."""
+        if not self.image_groups or self.root is None or self.urls["train"] is not None:
+            return None
+        train = read_manifest(self.root).get("splits", {}).get("train", {})
+        buckets = train.get("buckets", {}).get("images")
+        if not buckets:
+            rank_zero_info(f"{self.root}/manifest.json counts no image buckets: images are drawn uniformly, not by group")
+            return None
+        counts: Counter = Counter()
+        for bucket, count in buckets.items():
+            height, width, _ = parse_bucket(bucket)
+            counts[closest_size(height, width, self.sampler.sizes[self.sampler.resolutions[0]])] += int(count)
+        return ImageGroups.partition(counts, int(train.get("video", {}).get("samples", 0)),
+                                     self.video_weight / self.image_weight)
+
     # ------------------------------------------------------------------ pipelines
 
     def train_dataset(self) -> wds.DataPipeline:
@@ -427,7 +464,11 @@ class AnimationDataModule(L.LightningDataModule):
         counter = BadSampleCounter()
         sources, weights = [self.raw_samples(videos, counter, resample_rank=rank)], [self.video_weight]
         if images and self.image_weight > 0:
-            sources.append(wds.DataPipeline(self.raw_samples(images, counter, resample_rank=rank), pair_images))
+            stages = [self.raw_samples(images, counter, resample_rank=rank), pair_images]
+            groups = self.train_image_groups()
+            if groups is not None:
+                stages.append(GroupedImageDraw(groups, self.aspect_bucket, seed=self.seed, rank=rank))
+            sources.append(wds.DataPipeline(*stages))
             weights.append(self.image_weight)
         batches_per_worker = math.ceil(self.epoch_batches / max(1, self.num_workers))
         return wds.DataPipeline(

@@ -20,7 +20,7 @@ import re
 import tarfile
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -447,6 +447,21 @@ def iter_shard_samples(paths: Iterable[str | os.PathLike], counter: BadSampleCou
             yield decode_sample(raw)
         except BadSample as bad:
             counter.handler(bad)
+
+
+def bucket_of(raw: Mapping) -> str:
+    """The bucket ``"HxWxT"`` of an encoded sample, from its metadata (the manifest counts samples per bucket)."""
+    meta = json.loads(raw["json"])
+    return f"{meta['height']}x{meta['width']}x{meta['num_frames']}"
+
+
+def parse_bucket(bucket: str) -> tuple[int, int, int]:
+    """(height, width, frames) of a manifest bucket ``"HxWxT"``; raises ValueError naming it."""
+    try:
+        height, width, frames = (int(part) for part in bucket.split("x"))
+    except ValueError:
+        raise ValueError(f"manifest bucket {bucket!r} is not HxWxT") from None
+    return height, width, frames
 
 
 def write_manifest(directory: str | os.PathLike, info: dict) -> Path:

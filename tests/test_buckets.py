@@ -8,6 +8,8 @@ from data.buckets import (
     BucketBatcher,
     BucketSampler,
     CropBox,
+    GroupedImageDraw,
+    ImageGroups,
     RatioMix,
     aspect_sizes,
     center_crop_box,
@@ -140,6 +142,36 @@ def test_ratio_mix_is_reproducible_by_seed():
 
     assert kinds(1) == kinds(1)
     assert kinds(1) != kinds(2)
+
+
+def test_image_groups_are_k_over_6_groups_of_one_aspect_bucket():
+    groups = ImageGroups.partition({(64, 48): 60, (48, 64): 35, (64, 64): 5}, num_videos=120, ratio=6)
+    assert groups.num_groups == 120 // 6  # group size 100 // 20 = 5: 12 + 7 + 1 groups
+    assert groups.groups == {(64, 48): 12, (48, 64): 7, (64, 64): 1}
+    assert sum(groups.counts[size] * groups.image_probability(size) for size in groups.counts) == pytest.approx(1.0)
+    assert max(groups.acceptance(size) for size in groups.counts) == 1.0
+
+
+def test_grouped_draw_picks_a_group_then_an_image():
+    # 90 wide images make 10 groups, 5 tall ones (fewer than a group of 9) one group of their own:
+    # a draw is a tall image 1 time in 11, where uniform draws over images would give 5 in 95.
+    groups = ImageGroups.partition({(32, 64): 90, (64, 32): 5}, num_videos=60, ratio=6)
+    assert groups.num_groups == 11
+    images = [{"size": (32, 64)}] * 90 + [{"size": (64, 32)}] * 5 + [{"size": None}]
+    rng = np.random.default_rng(0)
+    stream = (images[i] for i in rng.integers(len(images), size=60_000))
+    draw = GroupedImageDraw(groups, lambda sample: sample["size"], seed=1)
+    kept = [sample["size"] for sample in draw(stream)]
+    grouped = [size for size in kept if size is not None]
+    assert abs(grouped.count((64, 32)) / len(grouped) - 1 / 11) < 0.006
+    assert draw.ungrouped == kept.count(None) > 0  # unknown sizes pass through, counted
+    assert draw.rejected > 0 and draw.kept == len(kept)
+
+
+def test_equal_groups_keep_every_image():
+    groups = ImageGroups.partition({(32, 64): 40, (64, 32): 20}, num_videos=60, ratio=6)
+    draw = GroupedImageDraw(groups, lambda sample: sample)
+    assert list(draw([(32, 64)] * 7 + [(64, 32)] * 3)) == [(32, 64)] * 7 + [(64, 32)] * 3
 
 
 def _sample(frames, height, width, name):

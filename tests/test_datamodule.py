@@ -180,6 +180,16 @@ def _corrupt_first_video(source, target):
     return corrupted
 
 
+def test_train_images_are_drawn_by_k_over_6_groups(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())["splits"]["train"]
+    assert sum(manifest["buckets"]["images"].values()) == manifest["images"]["samples"]
+    groups = make_module(dataset, video_image_ratio=[6, 1]).train_image_groups()
+    assert manifest["video"]["samples"] // 6 == 1 and len(groups.counts) == 2
+    assert groups.num_groups == 2  # K/6 = 1 group, but each aspect bucket has at least one of its own
+    assert sum(groups.counts.values()) == manifest["images"]["samples"]
+    assert make_module(dataset, image_groups=False).train_image_groups() is None
+
+
 def test_bad_shards_are_skipped_and_counted(dataset, tmp_path):
     good = [str(dataset / "val" / name) for name in ("shard-000000.tar", "shard-000001.tar")]
     truncated, corrupted = str(tmp_path / "shard-000002.tar"), str(tmp_path / "shard-000003.tar")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 from collections import defaultdict
@@ -16,7 +15,7 @@ from data.prepare.config import PrepareConfig
 from data.prepare.models import Models
 from data.prepare.sources import Job, pair_jobs, video_jobs
 from data.prepare.state import FinishedShard, PrepareState, RunSummary, ShardEntry, load_state, remove_partial, save
-from data.shards import ShardWriter
+from data.shards import ShardWriter, bucket_of
 
 SUBSET_OF_KIND = {"video": "video", "pair": "images"}
 PREFIX_OF_SUBSET = {"video": "shard", "images": "images"}
@@ -106,12 +105,6 @@ def find_jobs(config: PrepareConfig, state: PrepareState) -> tuple[list[Job], di
     for job in jobs:
         state.identities[job.identity] = job.split
     return jobs, roots
-
-
-def bucket_of(raw: dict) -> str:
-    """The bucket ``"HxWxT"`` of an encoded sample, from its metadata."""
-    meta = json.loads(raw["json"])
-    return f"{meta['height']}x{meta['width']}x{meta['num_frames']}"
 
 
 def prepare(config: PrepareConfig, on_sample: Callable[[str], None] | None = None, models: Models | None = None) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.shards import ShardWriter, encode_sample, read_manifest, write_manifest
+from data.shards import ShardWriter, bucket_of, encode_sample, read_manifest, write_manifest
 from data.synthetic.config import GENERATOR_NAME, GENERATOR_VERSION, SPLITS, SyntheticConfig
 from data.synthetic.identity import identity_name
 from data.synthetic.scene import make_clip, make_image_pair
@@ -82,7 +82,8 @@ def generate_dataset(out: str | Path, config: SyntheticConfig = DEFAULT_CONFIG, 
     _remove_old_shards(out)
     jobs = _jobs(config)
     splits = {
-        split: {"identities": [identity_name(config.seed, i) for i in config.identities(split)], **{subset: {"shards": [], "samples": 0} for subset in SUBSET_PREFIXES}}
+        split: {"identities": [identity_name(config.seed, i) for i in config.identities(split)], **{subset: {"shards": [], "samples": 0} for subset in SUBSET_PREFIXES},
+                "buckets": {subset: {} for subset in SUBSET_PREFIXES}}
         for split in SPLITS
     }
     results = zip(jobs, _results(config, jobs, workers))
@@ -90,8 +91,10 @@ def generate_dataset(out: str | Path, config: SyntheticConfig = DEFAULT_CONFIG, 
         for (split, subset), group in itertools.groupby(results, key=lambda item: (item[0].split, item[0].subset)):
             with ShardWriter(out / split, prefix=SUBSET_PREFIXES[subset], max_samples=config.samples_per_shard) as writer:
                 for _, encoded in group:
+                    buckets = splits[split]["buckets"][subset]
                     for raw in encoded:
                         writer.write_encoded(raw)
+                        buckets[bucket_of(raw)] = buckets.get(bucket_of(raw), 0) + 1
                     splits[split][subset]["samples"] += len(encoded)
                     bar.update()
             splits[split][subset]["shards"] = [str(path.relative_to(out)) for path in writer.paths]
