@@ -104,9 +104,11 @@ def generate_dataset(out: str | Path, config: SyntheticConfig = DEFAULT_CONFIG, 
 
 
 def _manifest_matches(out: Path, manifest: dict, config: SyntheticConfig) -> bool:
-    """Whether an existing manifest was made by this generator version with ``config`` and its shards exist."""
+    """Whether an existing manifest was made by this generator version with ``config``, counts buckets, and its shards exist."""
     if manifest.get("generator") != GENERATOR_NAME or manifest.get("version") != GENERATOR_VERSION or manifest.get("config") != asdict(config):
         return False
+    if not all("buckets" in split for split in manifest["splits"].values()):
+        return False  # written before manifests counted buckets (the image groups need them): same pixels, rewritten
     shards = [path for split in manifest["splits"].values() for subset in SUBSET_PREFIXES for path in split[subset]["shards"]]
     return all((out / path).is_file() for path in shards)
 
