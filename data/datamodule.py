@@ -77,7 +77,7 @@ from data.masks import region_weights
 from data.shards import URL_SCHEME, BadSampleCounter, Sample, decode_sample, parse_bucket, read_manifest
 from data.synthetic import SyntheticConfig, ensure_dataset
 
-PIXEL_KEYS = ("video", "pose", "reference", "reference_pose", "plate")
+PIXEL_KEYS = ("video", "pose", "reference", "reference_pose", "plate", "reference_views")
 REFERENCE_POLICIES = ("random", "first")
 PAIR_KEY = "__pair__"
 IMAGE_SHARD_PREFIX = "images-"
@@ -185,7 +185,8 @@ def collate_batch(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Collate prepared samples; uint8 pixels become float in [-1, 1]."""
     batch = collate_samples(samples)
     for name in PIXEL_KEYS:
-        batch[name] = batch[name].float() / 127.5 - 1.0
+        if name in batch:
+            batch[name] = batch[name].float() / 127.5 - 1.0
     return batch
 
 
@@ -214,7 +215,7 @@ class SamplePreparer:
 
     def __init__(self, sampler: BucketSampler, fixed: bool, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
-                 rank: int = 0, face_enhancement: float = 0.0, lightened_poses: bool = False):
+                 rank: int = 0, face_enhancement: float = 0.0, lightened_poses: bool = False, reference_views: int = 0):
         if reference not in REFERENCE_POLICIES:
             raise ValueError(f"reference policy {reference!r} is not one of {REFERENCE_POLICIES}")
         self.sampler = sampler
@@ -225,6 +226,7 @@ class SamplePreparer:
         self.seed, self.rank = seed, rank
         self.face_enhancement = 0.0 if fixed else face_enhancement  # a training augmentation only
         self.lightened_poses = lightened_poses
+        self.reference_views = reference_views
         self.donor: np.ndarray | None = None  # the previous sample's reference pose: another person's face for enhancement
         self.epoch = -1
 
@@ -258,6 +260,20 @@ class SamplePreparer:
             rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
         return int(rng.choice(outside))
 
+    def view_indices(self, num_frames: int, window: np.ndarray, reference_index: int, rng: np.random.Generator) -> np.ndarray:
+        """``reference_views`` more frames of the identity (EverAnimate's multi-view identity memory).
+
+        Frames outside the window and other than the reference: evenly spaced in evaluation,
+        drawn in training (with repeats when the clip has too few); the window's frames when the
+        clip has nothing outside it.
+        """
+        pool = np.setdiff1d(np.arange(num_frames), np.append(window, reference_index))
+        if not len(pool):
+            pool = np.asarray(window)
+        if self.fixed:
+            return pool[np.linspace(0, len(pool) - 1, self.reference_views).round().astype(int)]
+        return rng.choice(pool, size=self.reference_views, replace=len(pool) < self.reference_views)
+
     def prepare(self, sample: Sample, partner: Sample | None, rng: np.random.Generator) -> dict:
         """Crop, resize, render and weigh one sample into the per-sample form of the training batch."""
         plan = self.plan(sample, rng)
@@ -278,6 +294,10 @@ class SamplePreparer:
             person_mask = crop_resize_masks(sample.person_mask[plan.frame_indices], plan.box, plan.size)
         else:
             person_mask = torch.ones(len(plan.frame_indices), height, width, dtype=torch.bool)
+        views = {}
+        if self.reference_views:
+            indices = self.view_indices(len(source.frames), plan.frame_indices if partner is None else np.zeros(0, int), reference_index, rng)
+            views["reference_views"] = crop_resize_frames(source.frames[indices], reference_box, plan.size)  # uint8 (V, 3, H, W)
         has_plate = sample.plate is not None
         if has_plate:
             plate = crop_resize_frames(sample.plate[None], plan.box, plan.size)[0]
@@ -298,7 +318,7 @@ class SamplePreparer:
             "has_plate": has_plate,
             "key": sample.key,
             "cache_key": self.cache_key(sample, plan, source, reference_index),
-        }
+        } | views
 
     def render(self, keypoints: np.ndarray, height: int, width: int, lightened: bool = False) -> torch.Tensor:
         """Pose maps uint8 (T, H, W, 3) of keypoints (T, 133, 3)."""
@@ -328,7 +348,7 @@ class SamplePreparer:
                 + ("|lightened" if self.lightened_poses else ""))
 
 
-COUNT_MINIMUMS = {"batch_size": 1, "num_workers": 0, "frame_stride": 1, "epoch_batches": 1, "val_samples": 1}
+COUNT_MINIMUMS = {"batch_size": 1, "num_workers": 0, "frame_stride": 1, "epoch_batches": 1, "val_samples": 1, "reference_views": 0}
 
 
 def _is_int(value: Any) -> bool:
@@ -373,13 +393,14 @@ class AnimationDataModule(L.LightningDataModule):
                  val_samples: int = 16, random_window: bool = True, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
                  shuffle_buffer: int = 64, max_pending: int | None = None, face_enhancement: float = 0.0,
-                 lightened_poses: bool = False, image_groups: bool = True):
+                 lightened_poses: bool = False, image_groups: bool = True, reference_views: int = 0):
         super().__init__()
         if root is None and train_urls is None and val_urls is None and test_urls is None:
             raise ValueError(f"AnimationDataModule needs a dataset root or shard urls; {CREATE_HINT}")
         if synthetic is not None and root is None:
             raise ValueError("synthetic data needs a root directory to write it to")
-        check_counts(batch_size=batch_size, num_workers=num_workers, frame_stride=frame_stride, epoch_batches=epoch_batches, val_samples=val_samples)
+        check_counts(batch_size=batch_size, num_workers=num_workers, frame_stride=frame_stride, epoch_batches=epoch_batches,
+                     val_samples=val_samples, reference_views=reference_views)
         check_buckets(resolution, resolutions, frame_buckets)
         if reference not in REFERENCE_POLICIES:
             raise ValueError(f"reference={reference}: must be one of {', '.join(REFERENCE_POLICIES)}")
@@ -395,7 +416,8 @@ class AnimationDataModule(L.LightningDataModule):
         self.epoch_batches, self.val_samples = epoch_batches, val_samples
         self.preparer_options = dict(reference=reference, w_roi=w_roi, roi_conf=roi_conf, text_mask=text_mask,
                                      pose_conf_threshold=pose_conf_threshold, seed=seed,
-                                     face_enhancement=face_enhancement, lightened_poses=lightened_poses)
+                                     face_enhancement=face_enhancement, lightened_poses=lightened_poses,
+                                     reference_views=reference_views)
         if not 0.0 <= face_enhancement <= 1.0:
             raise ValueError(f"face_enhancement={face_enhancement}: a probability in [0, 1]")
         self.seed, self.shuffle_buffer, self.max_pending = seed, shuffle_buffer, max_pending

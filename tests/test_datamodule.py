@@ -190,6 +190,17 @@ def test_train_images_are_drawn_by_k_over_6_groups(dataset):
     assert make_module(dataset, image_groups=False).train_image_groups() is None
 
 
+def test_reference_views_are_more_frames_of_the_identity_outside_the_window(dataset):
+    batch = next(iter(make_module(dataset, reference_views=3, video_image_ratio=[1]).train_dataloader()))
+    views = batch["reference_views"]
+    assert views.shape == (2, 3, *batch["reference"].shape[1:]) and views.min() >= -1 and views.max() <= 1
+    (fixed,) = make_module(dataset, reference_views=3).heldout_samples("test", 1)
+    again = make_module(dataset, reference_views=3).heldout_samples("test", 1)[0]
+    assert torch.equal(fixed["reference_views"], again["reference_views"])  # evaluation views are fixed
+    assert not any(torch.equal(view, fixed["video"][0, :, i]) for view in fixed["reference_views"][0] for i in range(fixed["video"].shape[2]))
+    assert "reference_views" not in next(iter(make_module(dataset).train_dataloader()))
+
+
 def test_bad_shards_are_skipped_and_counted(dataset, tmp_path):
     good = [str(dataset / "val" / name) for name in ("shard-000000.tar", "shard-000001.tar")]
     truncated, corrupted = str(tmp_path / "shard-000002.tar"), str(tmp_path / "shard-000003.tar")
