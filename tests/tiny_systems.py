@@ -6,6 +6,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from animate.backbone import VideoAutoencoder, WanBackbone, build_transformer, expand_patch_embedding
+from animate.methods.everanimate import EverAnimate
 from animate.methods.frameprompt import FramePrompt
 from animate.methods.onetoall import OneToAll
 from animate.methods.text_to_video import TextToVideo
@@ -80,3 +81,8 @@ def onetoall(**kw):
     """A tiny One-to-All (M = 1 extractor block of N = 2) with three-level cumulative CFG."""
     kw = dict(extractor_blocks=1, pose_control=dict(channels=4, blocks_per_stage=1), sampler=dict(steps=2, guidance=[1.5, 2.5])) | kw
     return OneToAll(tiny_backbone(16), ADAMW, **kw)
+
+
+def everanimate(**kw):
+    """A tiny EverAnimate (K = 2 identity views, L_m = 1) without CFG."""
+    return EverAnimate(tiny_backbone(16), ADAMW, **(dict(sampler=dict(steps=2, guidance=[]), identity_views=2) | kw))

@@ -1,0 +1,216 @@
+"""EverAnimate ("EverAnimate: minute-scale human animation"): persistent latent propagation + restorative flow matching.
+
+A chunk is generated from a context memory laid out in front of it along time, every memory
+frame clean at t = 0 and out of the loss::
+
+    [ identity memory (K latent frames) | motion memory (L_m latent frames) | target chunk ]
+
+- **Identity memory** (:meth:`identity_memory`): the reference and K - 1 more views of the
+  identity, each VAE-encoded as its own image. In training the views are frames of the same
+  video (``data.reference_views``) with mild random translation and rescaling (memory
+  augmentation, against the spatial bias of the memory); at inference the views missing from
+  the user's input come from the first generated chunk and are then frozen
+  (:mod:`animate.rollout`).
+- **Motion memory**: the last L_m latent frames of the previous chunk, reused without decoding
+  and re-encoding. Training cuts one clip into memory and target: the latent frames
+  ``1 : 1 + L_m`` are the memory and the rest the target; with ``first_chunk_probability`` the
+  memory is the null latent (zeros, as for the first chunk at inference) and the target the
+  whole clip. Stage 1 perturbs the memory (``motion_noise``).
+- **Pose**: the pose video's latents through their own zero-initialised patch embedding, added
+  to the target tokens (Wan2.2-Animate's ``pose_patch_embedding``; the transformer's own when it
+  has one).
+- **Restorative flow matching** (:mod:`animate.restorative_flow`) replaces the flow pair when
+  ``restorative.enabled``: the target chunk's pixels perturbed and encoded give ``x0~``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor, nn
+
+from animate.backbone import WanBackbone
+from animate.flow import interpolate
+from animate.methods.base import AnimationSystem, FlowPair, LatentSequence, PixelFn, pose_pixels, video_pixels
+from animate.restorative_flow import DriftPerturbation, check_bell, restoration_coefficient, restorative_target
+
+
+@dataclass
+class EverAnimateSequence(LatentSequence):
+    """A latent sequence with the perturbed target for restorative flow matching."""
+
+    perturbed: Tensor | None = None  # (B, C, F, h, w): x0~ on the target frames, x0 elsewhere; None = no restoration
+
+
+def identity_pixels(batch: dict) -> Tensor:
+    """The identity views as one-frame clips (B * K, 3, 1, H, W): the reference, then ``reference_views``."""
+    views = identity_views(batch)  # (B, K, 3, H, W)
+    return views.flatten(0, 1)[:, :, None]
+
+
+def identity_views(batch: dict) -> Tensor:
+    """(B, K, 3, H, W): the reference followed by the batch's extra views (none at plain inference)."""
+    reference = batch["reference"][:, None]
+    extra = batch.get("reference_views")
+    return reference if extra is None else torch.cat([reference, extra.to(reference)], dim=1)
+
+
+def perturbed_video_pixels(perturbation: DriftPerturbation) -> PixelFn:
+    """The target clip after P (drawn anew each call)."""
+    return lambda batch: perturbation(batch["video"])
+
+
+def augment_views(views: Tensor, translate: float, scale: float, generator: torch.Generator | None = None) -> Tensor:
+    """Memory augmentation: each view (B, K, 3, H, W) shifted by up to ``translate`` of its size and rescaled by up to 1 +- ``scale``."""
+    if translate == 0 and scale == 0:
+        return views
+    b, k, _, height, width = views.shape
+    out = []
+    for view in views.flatten(0, 1):
+        draw = (torch.rand(3, generator=generator) * 2 - 1).tolist()
+        shift = [round(draw[0] * translate * width), round(draw[1] * translate * height)]
+        out.append(TF.affine(view, angle=0.0, translate=shift, scale=1 + draw[2] * scale, shear=[0.0, 0.0], fill=-1.0))
+    return torch.stack(out).unflatten(0, (b, k))
+
+
+class EverAnimate(AnimationSystem):
+    """EverAnimate as a LightningModule: one chunk from identity and motion memory."""
+
+    conditions = ()
+    guidance_levels = ((),)  # no CFG (paper: 20 steps without guidance)
+    uncached_latents = frozenset({"identity", "perturbed"})  # augmented views and a perturbation drawn anew each time
+
+    def __init__(
+        self,
+        backbone: WanBackbone,
+        optimizer,
+        identity_views: int = 4,
+        motion_latents: int = 1,
+        first_chunk_probability: float = 0.2,
+        motion_noise: float = 0.0,
+        memory_augmentation: dict | None = None,
+        restorative: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(backbone, optimizer, **kwargs)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
+        if identity_views < 1 or motion_latents < 1:
+            raise ValueError(f"method.identity_views={identity_views} and method.motion_latents={motion_latents}: each must be >= 1")
+        if not 0.0 <= first_chunk_probability <= 1.0 or not 0.0 <= motion_noise <= 1.0:
+            raise ValueError("method.first_chunk_probability and method.motion_noise are probabilities / flow times in [0, 1]")
+        self.identity_views, self.motion_latents = identity_views, motion_latents
+        self.first_chunk_probability, self.motion_noise = first_chunk_probability, motion_noise
+        self.memory_augmentation = dict(translate=0.05, scale=0.05) | dict(memory_augmentation or {})
+        rfm = dict(enabled=False, form="paper", amplitude=1.0, mean=0.5, std=0.5, perturbation={}) | dict(restorative or {})
+        check_bell(rfm["amplitude"], rfm["mean"], rfm["std"])
+        restoration_coefficient(torch.zeros(1), rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"])  # checks the form
+        self.restorative = rfm
+        self.perturbation = DriftPerturbation(**dict(rfm["perturbation"]))
+        if getattr(backbone.transformer, "pose_patch_embedding", None) is None:
+            patch = backbone.compression
+            self.pose_embedding = nn.Conv3d(backbone.latent_channels, backbone.dim, kernel_size=(patch.patch_time, patch.patch_space, patch.patch_space),
+                                            stride=(patch.patch_time, patch.patch_space, patch.patch_space))
+            nn.init.zeros_(self.pose_embedding.weight)  # at initialisation the backbone sees no pose
+            nn.init.zeros_(self.pose_embedding.bias)
+        else:
+            self.pose_embedding = None
+
+    @property
+    def context_frames(self) -> int:
+        """Latent frames in front of the target: K identity + L_m motion."""
+        return self.identity_views + self.motion_latents
+
+    # ----- inputs --------------------------------------------------------------------------------
+    def prepare_batch(self, batch: dict, augment: bool) -> dict:
+        """Memory augmentation of the identity views (training draws only)."""
+        if not augment or "identity_memory" in batch:
+            return batch
+        views = identity_views(batch)[:, 1:]
+        if views.shape[1] == 0:
+            return batch
+        aug = self.memory_augmentation
+        return batch | {"reference_views": augment_views(views, aug["translate"], aug["scale"])}
+
+    def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
+        inputs = {"pose": pose_pixels, "identity": identity_pixels}
+        if training:
+            inputs["video"] = video_pixels
+            if self.restorative["enabled"] and not self.perturbation.identity and self.training:
+                inputs["perturbed"] = perturbed_video_pixels(self.perturbation)
+        return inputs
+
+    def identity_memory(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
+        """(B, C, K, h, w): the batch's frozen identity memory, or its views' latents with the reference filling missing views."""
+        if "identity_memory" in batch:
+            memory = batch["identity_memory"]
+        else:
+            b = batch["reference"].shape[0]
+            memory = latents["identity"][:, :, 0].unflatten(0, (b, -1)).transpose(1, 2)  # (B, C, V, h, w)
+        if memory.shape[2] < self.identity_views:  # too few views: repeat the reference (the rollout fills them from chunk 1)
+            memory = torch.cat([memory, memory[:, :, :1].expand(-1, -1, self.identity_views - memory.shape[2], -1, -1)], dim=2)
+        return memory[:, :, : self.identity_views]
+
+    def pose_tokens(self, pose_latents: Tensor) -> Tensor:
+        """(B, L_target, D) pose tokens of the target frames' pose latents (B, C, F, h, w)."""
+        embedding = self.pose_embedding if self.pose_embedding is not None else self.backbone.transformer.pose_patch_embedding
+        return embedding(pose_latents.to(embedding.weight.dtype)).flatten(2).transpose(1, 2)
+
+    # ----- the sequence --------------------------------------------------------------------------
+    def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
+        identity = self.identity_memory(batch, latents)  # (B, C, K, h, w)
+        b, c, _, h, w = identity.shape
+        pose, perturbed = latents["pose"], latents.get("perturbed")
+        if training:
+            video = latents["video"]
+            fits = video.shape[2] >= self.motion_latents + 2
+            # training draws the chunk's role; the validation loss always scores a continuation chunk
+            continuation = fits and (not self.training or bool(torch.rand(()) >= self.first_chunk_probability))
+            if continuation:  # memory = the clip's latent frames 1 : 1 + L_m, target = the rest
+                cut = 1 + self.motion_latents
+                motion, target, pose = video[:, :, 1:cut], video[:, :, cut:], pose[:, :, cut:]
+                perturbed = None if perturbed is None else perturbed[:, :, cut:]
+                motion = self.perturb_motion(motion)
+            else:
+                motion, target = video.new_zeros(b, c, self.motion_latents, h, w), video
+        else:
+            memory = batch.get("motion_memory")
+            motion = identity.new_zeros(b, c, self.motion_latents, h, w) if memory is None else memory.to(identity)
+            if motion.shape[2] != self.motion_latents:
+                raise ValueError(f"motion_memory has {motion.shape[2]} latent frames; method.motion_latents is {self.motion_latents}")
+            target = torch.zeros_like(pose)
+        n, f = self.context_frames, target.shape[2]
+        clean = torch.cat([identity.to(target), motion.to(target), target], dim=2)
+        generate = torch.zeros(b, n + f, dtype=torch.bool, device=clean.device)
+        generate[:, n:] = True
+        loss_weight = generate[:, None, :, None, None].float().expand(b, 1, n + f, h, w).clone()
+        loss_weight[:, :, n:] *= self.region_weight(batch, (h, w))[:, :, -f:]
+        pose_tokens = self.pose_tokens(pose)  # (B, L_target, D)
+        context_tokens = pose_tokens.new_zeros(b, pose_tokens.shape[1] // f * n, pose_tokens.shape[2])
+        return EverAnimateSequence(
+            clean=clean,
+            generate=generate,
+            loss_weight=loss_weight,
+            target=slice(n, n + f),
+            injections={-1: torch.cat([context_tokens, pose_tokens], dim=1)},
+            perturbed=None if perturbed is None else torch.cat([clean[:, :, :n], perturbed.to(clean)], dim=2),
+        )
+
+    def perturb_motion(self, motion: Tensor) -> Tensor:
+        """Stage 1's motion-memory perturbation: noised to a flow time drawn in [0, motion_noise] per clip."""
+        if self.motion_noise == 0 or not self.training:
+            return motion
+        s = torch.rand(motion.shape[0], 1, device=motion.device) * self.motion_noise
+        return interpolate(motion, torch.randn_like(motion), s.expand(-1, motion.shape[2]))
+
+    # ----- restorative flow matching ------------------------------------------------------------
+    def flow_pair(self, seq: EverAnimateSequence, noise: Tensor, t: Tensor) -> FlowPair:
+        """Plain flow matching, or RFM on the perturbed target when ``restorative.enabled``."""
+        if not self.restorative["enabled"] or seq.perturbed is None:
+            return super().flow_pair(seq, noise, t)
+        t_frames = seq.frame_times(t)  # (B, F), 0 on memory frames
+        rfm = self.restorative
+        coefficient = restoration_coefficient(t_frames, rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"])
+        x_t = interpolate(seq.perturbed, noise, t_frames)
+        return FlowPair(x_t, t_frames, restorative_target(seq.clean, seq.perturbed, noise, coefficient), seq.loss_weight)

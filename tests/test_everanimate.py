@@ -1,0 +1,149 @@
+"""EverAnimate: memory layout, restorative flow matching, memory augmentation and the drift perturbation."""
+
+import pytest
+import torch
+
+from animate.methods.base import AnimationSystem
+from animate.methods.everanimate import augment_views
+from animate.restorative_flow import DriftPerturbation, restoration_coefficient, restorative_target
+
+from tiny_systems import everanimate, fake_batch
+
+
+def batch_with_views(b=2, t=9, views=1):
+    """A fabricated batch of ``t`` frames (3 latent frames) with ``views`` extra identity views."""
+    batch = fake_batch(b=b, t=t)
+    batch["reference_views"] = torch.rand(b, views, *batch["reference"].shape[1:]) * 2 - 1
+    return batch
+
+
+def training_sequence(system, batch, continuation=True):
+    """The training layout of ``batch``: a continuation chunk (or a first chunk)."""
+    system.first_chunk_probability = 0.0 if continuation else 1.0
+    system.train()
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    return system.build_sequence(batch, latents, {}, training=True), latents
+
+
+def test_memory_frames_are_clean_at_t0_and_carry_no_loss():
+    system = everanimate()
+    seq, latents = training_sequence(system, batch_with_views())
+    n = system.context_frames  # K = 2 identity + L_m = 1 motion
+    assert n == 3 and seq.target == slice(3, 3 + latents["video"].shape[2] - 2)
+    t = torch.full((2,), 0.7)
+    assert torch.all(seq.frame_times(t)[:, :n] == 0) and torch.all(seq.frame_times(t)[:, n:] == 0.7)
+    assert torch.all(seq.loss_weight[:, :, :n] == 0) and torch.all(seq.loss_weight[:, :, n:] > 0)
+    pair = system.flow_pair(seq, torch.randn_like(seq.clean), t)
+    assert torch.equal(pair.model_input[:, :, :n], seq.clean[:, :, :n])  # memory enters clean
+
+
+def test_continuation_cuts_the_clip_into_motion_memory_and_target():
+    system = everanimate()
+    seq, latents = training_sequence(system, batch_with_views())
+    video, k = latents["video"], system.identity_views
+    assert torch.equal(seq.clean[:, :, k : k + 1], video[:, :, 1:2])  # motion memory = latent frame 1
+    assert torch.equal(seq.clean[:, :, k + 1 :], video[:, :, 2:])  # target = the rest
+    first, _ = training_sequence(system, batch_with_views(), continuation=False)
+    assert torch.all(first.clean[:, :, k : k + 1] == 0)  # first chunk: the null motion memory
+    assert first.clean.shape[2] == k + 1 + video.shape[2]
+
+
+def test_identity_memory_is_the_reference_then_the_views_each_encoded_alone():
+    system = everanimate().eval()
+    batch = batch_with_views(views=1)
+    latents = system.encode(batch, system.latent_inputs(training=False))
+    seq = system.build_sequence(batch, latents, {}, training=False)
+    reference = system.backbone.vae.encode(batch["reference"][:, :, None])
+    view = system.backbone.vae.encode(batch["reference_views"][:, 0, :, None])
+    assert torch.allclose(seq.clean[:, :, 0:1], reference, atol=1e-5) and torch.allclose(seq.clean[:, :, 1:2], view, atol=1e-5)
+    del batch["reference_views"]  # no views given: the reference fills the memory
+    latents = system.encode(batch, system.latent_inputs(training=False))
+    seq = system.build_sequence(batch, latents, {}, training=False)
+    assert torch.allclose(seq.clean[:, :, 1:2], seq.clean[:, :, 0:1])
+
+
+def test_at_initialisation_the_pose_path_adds_nothing():
+    system = everanimate().eval()
+    batch = batch_with_views()
+    seq, _ = training_sequence(system, batch)
+    system.eval()
+    x, t = torch.randn_like(seq.clean), seq.frame_times(torch.full((2,), 0.5))
+    with torch.no_grad():
+        with_pose = system(seq, x, t)
+        seq.injections = {}
+        without = system(seq, x, t)
+    assert torch.equal(with_pose, without)
+
+
+def test_rfm_without_perturbation_is_plain_flow_matching_exactly():
+    system = everanimate(restorative=dict(enabled=True))
+    seq, _ = training_sequence(system, batch_with_views())
+    seq.perturbed = seq.clean.clone()
+    noise, t = torch.randn_like(seq.clean), torch.rand(2)
+    rfm = system.flow_pair(seq, noise, t)
+    plain = AnimationSystem.flow_pair(system, seq, noise, t)
+    assert torch.equal(rfm.model_input, plain.model_input) and torch.equal(rfm.target, plain.target)
+
+
+def test_rfm_input_is_the_perturbed_interpolant_and_its_target_pulls_back():
+    system = everanimate(restorative=dict(enabled=True, amplitude=1.0, mean=0.5, std=0.5))
+    seq, _ = training_sequence(system, batch_with_views())
+    seq.perturbed = seq.clean + 0.3
+    n = system.context_frames
+    seq.perturbed[:, :, :n] = seq.clean[:, :, :n]
+    noise, t = torch.randn_like(seq.clean), torch.full((2,), 0.5)
+    pair = system.flow_pair(seq, noise, t)
+    assert torch.allclose(pair.model_input[:, :, n:], 0.5 * seq.perturbed[:, :, n:] + 0.5 * noise[:, :, n:])
+    assert torch.allclose(pair.target[:, :, n:], (noise - seq.clean)[:, :, n:] + 1.0 * 0.3, atol=1e-5)  # w(mu) = a
+
+
+def test_rfm_target_stays_bounded_as_t_goes_to_zero():
+    t = torch.tensor([[1e-6, 1e-3, 0.5, 1.0]])
+    for form in ("paper", "official"):
+        coefficient = restoration_coefficient(t, amplitude=1.0, mean=0.5, std=0.5, form=form)
+        assert torch.all(coefficient <= 1.0) and torch.all(coefficient >= 0)
+    exact = (1 - t) / t  # the unbounded constant-velocity coefficient RFM replaces
+    assert exact[0, 0] > 1e5
+    clean, noise = torch.zeros(1, 1, 4, 1, 1), torch.zeros(1, 1, 4, 1, 1)
+    target = restorative_target(clean, clean + 1, noise, restoration_coefficient(t, 1.0, 0.5, 0.5))
+    assert torch.all(target.abs() <= 1.0)
+
+
+def test_official_form_is_v_clean_plus_alpha_times_the_state_gap():
+    t = torch.rand(2, 3)
+    clean, perturbed, noise = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    steps = torch.linspace(0, 1, 1001)
+    g = torch.exp(-2 * (steps - 0.5) ** 2)
+    alpha = (torch.exp(-2 * (t - 0.5) ** 2) - g.min()) / (g.max() - g.min())  # the official gaussian_timestep
+    frames = lambda x: x[:, None, :, None, None]
+    x_t, x_t_aug = (1 - frames(t)) * clean + frames(t) * noise, (1 - frames(t)) * perturbed + frames(t) * noise
+    official = noise - clean + frames(alpha) * (x_t_aug - x_t)
+    ours = restorative_target(clean, perturbed, noise, restoration_coefficient(t, 1.0, 0.5, 0.5, form="official"))
+    assert torch.allclose(ours, official, atol=1e-5)
+
+
+def test_drift_perturbation_changes_pixels_within_range_and_can_be_off():
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    out = DriftPerturbation(color_shift=0.2, sharpness=0.5, saturation=0.5)(video, g)
+    assert out.shape == video.shape and out.min() >= -1 and out.max() <= 1 and not torch.allclose(out, video)
+    off = DriftPerturbation(color_shift=0, sharpness=0, saturation=0)
+    assert off.identity and torch.equal(off(video), video)
+    with pytest.raises(ValueError, match="saturation"):
+        DriftPerturbation(saturation=-1)
+
+
+def test_memory_augmentation_shifts_views_and_keeps_their_shape():
+    views = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+    moved = augment_views(views, translate=0.1, scale=0.1, generator=torch.Generator().manual_seed(0))
+    assert moved.shape == views.shape and not torch.allclose(moved, views)
+    assert torch.equal(augment_views(views, 0, 0), views)
+
+
+def test_settings_that_cannot_work_are_rejected():
+    with pytest.raises(ValueError, match="restorative.std"):
+        everanimate(restorative=dict(std=0))
+    with pytest.raises(ValueError, match="form"):
+        everanimate(restorative=dict(form="other"))
+    with pytest.raises(ValueError, match="identity_views"):
+        everanimate(identity_views=0)
