@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from animate.rollout import roll_out, rollout_config
 from common.files import atomic_write_json
 from data.synthetic.config import SyntheticConfig
 from data.synthetic.writer import ensure_dataset
@@ -115,15 +117,15 @@ def seams(args: argparse.Namespace) -> dict:
     system, run_cfg, _ = load_run(args.ckpts[0])
     compression = system.backbone.compression
     frames = 1 + (int(args.seconds * run_cfg.data.synthetic.fps) - 1) // compression.vae_time * compression.vae_time  # the longest 1 + 4k window
-    segment = args.segment or system.token_replace["segment_frames"]
-    overlap = compression.pixel_frames(system.token_replace["context_latents"])
+    token_replace = rollout_config(system, {"chunk_frames": args.segment})
+    segment = token_replace.chunk_frames
     batches = long_clips(run_cfg, args.seconds, args.clips, frames, args.root)
     report = {"ckpt": args.ckpts[0], "frames": frames, "segment_frames": segment, "clips": len(batches)}
-    for name, token_replace in (("token_replace", True), ("independent", False)):
+    for name, cfg in (("token_replace", token_replace), ("independent", replace(token_replace, strategy="independent"))):
         rows = []
         for batch in batches:
-            video = system.generate_long(batch, segment_frames=segment, token_replace=token_replace, steps=args.steps)[0]
-            cut = seam_frames(frames, segment, overlap if token_replace else 0)
+            video = roll_out(system, batch, cfg, {"steps": args.steps}, progress=False)[0]
+            cut = seam_frames(frames, segment, cfg.carried_frames)
             rows.append(seam_report(video, batch["video"][0].float(), batch["person_mask"][0], cut))
         report[name] = {key: mean_of([r[key] for r in rows]) for key in rows[0]}
     return report
@@ -145,7 +147,7 @@ def lengths(args: argparse.Namespace) -> dict:
             scores = {f"{a + 1}-{b}": [] for a, b in bins}
             for batch in batches:
                 clip = {k: (v[:, :, :length] if k in ("pose", "video") else v) for k, v in batch.items()}
-                video = system.generate_long(clip, segment_frames=length, steps=args.steps)[0]
+                video = system.generate(clip, steps=args.steps)[0]  # one segment of ``length`` frames
                 frames = psnr(video, clip["video"][0].float())
                 for a, b in bins:
                     scores[f"{a + 1}-{b}"].append(frames[a:b].mean().item())

@@ -126,6 +126,50 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
+class Mp4Stream:
+    """An mp4 written as frames arrive: a fragmented mp4 at ``NAME.partial.mp4`` that plays while it grows, renamed to ``path`` by :meth:`close`.
+
+    Frames are uint8 (T, H, W, 3), H.264 yuv420p at crf 16 like :func:`write_mp4` (odd sizes padded).
+    Leaving the ``with`` block by an exception keeps the partial file, playable up to its last fragment.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.stem + ".partial.mp4")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.partial), mode="w", format="mp4", options={"movflags": "frag_keyframe+empty_moov"})
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": "16", "tune": "zerolatency"}  # each frame leaves the encoder as it is written
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 (T, H, W, 3) frames."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
+        if self.frames == 0:
+            self.stream.width, self.stream.height = frames.shape[2], frames.shape[1]
+        for frame in frames:
+            self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        self.frames += len(frames)
+
+    def close(self, finished: bool = True) -> Path:
+        """Flush and close; a finished stream is renamed to ``path``, else the partial file stays."""
+        self.container.mux(self.stream.encode())
+        self.container.close()
+        if finished:
+            os.replace(self.partial, self.path)
+            return self.path
+        return self.partial
+
+    def __enter__(self) -> Mp4Stream:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.close(finished=kind is None)
+
+
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
     """Write uint8 (T, H, W, 3) frames to a looping gif atomically."""
     path = Path(path)

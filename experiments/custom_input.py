@@ -1,7 +1,8 @@
-"""Animate your own reference image with a driving video or pose file (One-to-All's inference path).
+"""Animate your own reference image with a driving video or pose file of any length, with any method's checkpoint.
 
     python -m experiments.generate ckpt=RUN/last.ckpt reference=IMAGE driving=VIDEO_OR_POSES \
-        [reference_pose=FILE] [driving_pose=FILE] [dwpose_dir=DIR] [retarget=ratio] [lightened_poses=true]
+        [reference_pose=FILE] [driving_pose=FILE] [dwpose_dir=DIR] [retarget=ratio] [lightened_poses=true] \
+        [rollout.strategy=...] [rollout.chunk_frames=...]
 
 1. Keypoints: the reference's from ``reference_pose`` (any keypoint file ``data.prepare`` reads)
    or DWPose on the image (``dwpose_dir``); the driving ones from a keypoint file given as
@@ -11,11 +12,16 @@
 3. Pose-guided translation (:func:`common.pose.translate.translate_reference`): the reference is
    scaled and placed on the driving layout; the pad mask tells the model what to outpaint.
 4. Optional retargeting of the driving poses to the reference's proportions (``retarget``).
-5. Generation segment by segment with token replace (``OneToAll.generate_long``).
+5. Generation chunk by chunk with the method's long-video strategy (:mod:`animate.rollout`:
+   One-to-All's token replace, EverAnimate's latent propagation, UniAnimate-DiT's sliding
+   windows, ...), with a progress bar over chunks. Every finished chunk is kept in
+   ``out/chunks`` and ``generated.mp4`` grows as chunks finish (``generated.partial.mp4`` until
+   the end), so an interrupted generation run again with the same arguments resumes at the next
+   chunk and gives the same video.
 
 Writes into ``out`` (default ``RUN/animate/<reference>__<driving>/``): ``generated.mp4``,
 ``grid.mp4`` (translated reference | driving pose | generated), ``reference_translated.png``,
-``reference_mask.png`` and ``inputs.json`` (anchor frame, scale, sizes, segments).
+``reference_mask.png`` and ``inputs.json`` (anchor frame, scale, sizes, rollout).
 """
 
 from __future__ import annotations
@@ -25,15 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from animate.rollout import ChunkStore, roll_out, rollout_config, tensor_digest
 from common.files import atomic_write_json
 from common.pose.render import pose_to_tensor, render_pose
 from common.pose.retarget import MODES as RETARGET_MODES
 from common.pose.retarget import retarget as retarget_poses
 from common.pose.translate import translate_reference
-from common.video import comparison_grid, decode_video, frames_uint8, write_mp4, write_png
+from common.video import Mp4Stream, comparison_grid, decode_video, frames_uint8, write_mp4, write_png
 from data.pose_import import KeypointError, load_keypoints
 from experiments.cli import UsageError
 from experiments.prediction import load_run
@@ -113,9 +120,10 @@ def output_size(source: tuple[int, int], short_side: int, multiple: int) -> tupl
 def animate_custom(cfg: DictConfig) -> Path:
     """Translate, optionally retarget, and animate ``cfg.reference`` with ``cfg.driving``; returns the output directory."""
     system, run_cfg, _ = load_run(cfg.ckpt)
-    if not hasattr(system, "generate_long"):
-        raise UsageError(f"ckpt={cfg.ckpt}: a {type(system).__name__} run; animating your own inputs needs a method with "
-                         "pose-guided translation and segment-by-segment generation (conf=onetoall)")
+    try:
+        rollout = rollout_config(system, OmegaConf.to_container(cfg.rollout) if cfg.get("rollout") else None)
+    except ValueError as exn:
+        raise UsageError(str(exn)) from exn
     image, reference_keypoints = load_reference(cfg)
     driving, source, _ = load_driving(cfg)
     compression = system.backbone.compression
@@ -144,18 +152,26 @@ def animate_custom(cfg: DictConfig) -> Path:
     options = {name: cfg.sampler[name] for name in ("steps", "shift", "seed") if cfg.sampler.get(name) is not None}
     if cfg.sampler.get("guidance") is not None:
         options["guidance"] = list(cfg.sampler.guidance)
-    video = system.generate_long(batch, segment_frames=cfg.segment_frames, token_replace=cfg.token_replace, **options)  # (1, 3, T, H, W)
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / "animate" / batch["key"][0]
-    generated = frames_uint8(video[0])
-    write_mp4(out / "generated.mp4", generated, cfg.fps)
+    frames = batch["pose"].shape[2]
+    if frames < rollout.chunk_frames and rollout.strategy != "sliding_window":
+        print(f"driving={cfg.driving}: {frames} frames, shorter than one chunk ({rollout.chunk_frames}): generated as one chunk")
+    signature = {"ckpt": Path(cfg.ckpt).resolve(), "ckpt_bytes": Path(cfg.ckpt).stat().st_size, "rollout": rollout, "sampler": sorted(options.items()),
+                 "inputs": tensor_digest(batch["reference"], batch["pose"], batch["reference_mask"])}
+    store = ChunkStore(out / "chunks", signature) if cfg.get("resume", True) else None
+    with Mp4Stream(out / "generated.mp4", cfg.fps) as stream:
+        try:
+            video = roll_out(system, batch, rollout, options, store, on_frames=lambda piece: stream.write(frames_uint8(piece[0])))
+        except ValueError as exn:
+            raise UsageError(f"ckpt={cfg.ckpt}: {exn}") from exn
     write_mp4(out / "grid.mp4", comparison_grid(batch["reference"], batch["pose"], video), cfg.fps)
     write_png(out / "reference_translated.png", translation.image)
     write_png(out / "reference_mask.png", (translation.mask * 255).astype(np.uint8)[..., None].repeat(3, -1))
     atomic_write_json(out / "inputs.json", {
         "ckpt": str(cfg.ckpt), "reference": str(cfg.reference), "driving": str(cfg.driving), "frames": int(video.shape[2]),
         "size": list(size), "source_size": list(source), "anchor_frame": translation.anchor, "reference_scale": translation.scale,
-        "retarget": cfg.retarget, "lightened_poses": bool(cfg.lightened_poses), "token_replace": bool(cfg.token_replace),
-        "segment_frames": cfg.segment_frames or system.token_replace["segment_frames"],
+        "retarget": cfg.retarget, "lightened_poses": bool(cfg.lightened_poses), "method": type(system).__name__,
+        "rollout": {name: getattr(rollout, name) for name in rollout.__dataclass_fields__},
     })
     log.info("animated %d frames at %dx%d into %s (scale %.3g from %dx%d)", video.shape[2], height, width, out, scale, *source)
     print(f"wrote {out / 'generated.mp4'} ({video.shape[2]} frames, {height}x{width})")

@@ -246,23 +246,25 @@ def standing_keypoints(height: int, width: int, arm: float = 0.0) -> np.ndarray:
     return keypoints
 
 
-def test_generate_animates_your_own_reference_and_driving_poses(workdir):
-    run = workdir / "run_onetoall"
+@pytest.mark.parametrize("conf, strategy", [("onetoall", "token_replace"), ("everanimate", "latent_carry")])
+def test_generate_animates_your_own_reference_and_driving_poses(workdir, conf, strategy):
+    run = workdir / f"run_{conf}"
     if not (run / "last.ckpt").exists():
-        pytest.skip("needs the onetoall smoke run")
+        pytest.skip(f"needs the {conf} smoke run")
     inputs = workdir / "custom"
     inputs.mkdir(exist_ok=True)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(inputs / "person.png")
     np.save(inputs / "person_pose.npy", standing_keypoints(40, 30)[None])
     np.save(inputs / "dance.npy", np.stack([standing_keypoints(64, 48, arm=2 * np.sin(i / 2)) for i in range(13)]))
-    out = workdir / "animated"
+    out = workdir / f"animated_{conf}"
     args = [f"ckpt={run / 'last.ckpt'}", f"reference={inputs / 'person.png'}", f"reference_pose={inputs / 'person_pose.npy'}",
-            f"driving={inputs / 'dance.npy'}", "driving_size=[64,48]", "segment_frames=9", "sampler.steps=2", f"out={out}", "retarget=ratio"]
+            f"driving={inputs / 'dance.npy'}", "driving_size=[64,48]", "rollout.chunk_frames=9", "sampler.steps=2", f"out={out}", "retarget=ratio"]
     result = subprocess.run([sys.executable, "-m", "experiments.generate", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "inputs.json").read_text())
-    assert report["frames"] == 13 and report["size"] == [80, 64] and report["token_replace"]
+    assert report["frames"] == 13 and report["size"] == [80, 64] and report["rollout"]["strategy"] == strategy
     assert (out / "generated.mp4").stat().st_size > 0 and (out / "grid.mp4").exists() and (out / "reference_mask.png").exists()
+    assert sorted(path.name for path in (out / "chunks").iterdir()) == ["chunk-0000.pt", "chunk-0001.pt"]  # 9 + 4 frames, kept for a resume
     assert np.asarray(Image.open(out / "reference_mask.png")).any()  # the reference is smaller than the driving person: padded
     no_pose = subprocess.run([sys.executable, "-m", "experiments.generate", *[a for a in args if not a.startswith("reference_pose=")]],
                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)

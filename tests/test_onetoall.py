@@ -11,6 +11,7 @@ from animate.methods.base import LatentSequence
 from animate.methods.onetoall import OneToAll, in_group
 from animate.modules.hrfa import HybridReferenceAttnProcessor, frame0_rope
 from animate.modules.reference_extractor import feature_of_block
+from animate.rollout import roll_out, rollout_config
 from common.pose.augment import HEAD_POINTS, enhance_face, outpainting_mask
 from experiments.training import load_initial_weights
 
@@ -144,7 +145,7 @@ def test_token_replace_keeps_the_context_frames_at_every_step():
         return latents
 
     system.backbone.vae.encode = recording_encode
-    video = system.generate_long(batch, segment_frames=13)
+    video = roll_out(system, batch, rollout_config(system, {"chunk_frames": 13}), progress=False)
     assert video.shape == (2, 3, 21, 32, 32)
     contexts = [latents for frames, latents in seen if frames == 5]  # the previous segment's last 5 frames -> 2 latent frames
     assert len(contexts) == 1 and contexts[0].shape[2] == 2
@@ -161,9 +162,10 @@ def test_independent_segments_share_no_frames():
     system = onetoall().eval()
     batch = {k: v for k, v in fake_batch().items() if k != "video"}
     batch["pose"] = torch.rand(2, 3, 11, 32, 32) * 2 - 1
-    assert system.generate_long(batch, segment_frames=5, token_replace=False).shape == (2, 3, 11, 32, 32)
-    with pytest.raises(ValueError, match="context frames"):
-        system.generate_long(batch, segment_frames=5)
+    independent = rollout_config(system, {"chunk_frames": 5, "strategy": "independent"})
+    assert roll_out(system, batch, independent, progress=False).shape == (2, 3, 11, 32, 32)
+    with pytest.raises(ValueError, match="frames carried"):
+        roll_out(system, batch, rollout_config(system, {"chunk_frames": 5}), progress=False)
 
 
 def test_outpainting_mask_keeps_the_head_and_masks_around_it():

@@ -113,14 +113,19 @@ def reference_pixels(batch: dict) -> Tensor:
     return batch["reference"][:, :, None]
 
 
+def target_like(batch: dict) -> Tensor:
+    """A tensor shaped as the target clip (B, 3, T, H, W): the video, or the driving poses at inference."""
+    return batch["video"] if "video" in batch else batch["pose"]
+
+
 def reference_still_pixels(batch: dict) -> Tensor:
     """The reference held still for the target's length (B, 3, T, H, W): its latents share each target frame's causal-VAE encoding."""
-    return batch["reference"][:, :, None].expand_as(batch["video"])
+    return batch["reference"][:, :, None].expand_as(target_like(batch))
 
 
 def reference_clip_pixels(batch: dict) -> Tensor:
     """Wan I2V's conditioning clip: the reference followed by zero frames (B, 3, T, H, W)."""
-    video = batch["video"]
+    video = target_like(batch)
     return torch.cat([batch["reference"][:, :, None], torch.zeros_like(video[:, :, 1:])], dim=2)
 
 
@@ -148,6 +153,10 @@ class AnimationSystem(L.LightningModule):
     guidance_levels: tuple[tuple[str, ...], ...] = ((),)
     #: latent inputs that change from draw to draw (random augmentations): never read from or written to the latent cache
     uncached_latents: frozenset[str] = frozenset()
+    #: the long-video strategy of this method (animate.rollout.STRATEGIES); ``rollout`` settings override it
+    rollout_strategy: str = "image_carry"
+    #: whether chunks are generated from a motion memory in front of the target (EverAnimate) rather than frames held inside it
+    carries_memory: bool = False
 
     def __init__(
         self,
@@ -163,6 +172,7 @@ class AnimationSystem(L.LightningModule):
         metrics: Any = None,
         lora: dict | None = None,
         pretrained_lr_scale: float = 1.0,
+        rollout: dict | None = None,
     ):
         super().__init__()
         if lora and lora.get("rank"):
@@ -183,6 +193,7 @@ class AnimationSystem(L.LightningModule):
         self.pretrained_lr_scale = pretrained_lr_scale
         self.latent_cache = LatentCache(latent_cache, namespace=backbone.vae.fingerprint() if latent_cache and backbone.vae else "")
         self.val_sample_batches = val_sample_batches
+        self.rollout = dict(rollout or {})  # long videos: animate.rollout.RolloutConfig fields
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
         self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None)
@@ -235,7 +246,7 @@ class AnimationSystem(L.LightningModule):
 
     def target_latent_shape(self, batch: dict) -> tuple[int, int, int, int]:
         """(C, F, h, w) of the target clip's latents (from the driving poses' shape when there is no video, as at inference)."""
-        _, _, frames, height, width = (batch["video"] if "video" in batch else batch["pose"]).shape
+        _, _, frames, height, width = target_like(batch).shape
         comp = self.backbone.compression
         return (self.backbone.vae.latent_channels, comp.latent_frames(frames), *comp.latent_size(height, width))
 
@@ -327,6 +338,19 @@ class AnimationSystem(L.LightningModule):
         ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
         frames at every step, at t = 0 (One-to-All's token replace); they are decoded with the rest.
         """
+        return self.backbone.vae.decode(self.sample_latents(batch, steps, shift, guidance, seed, context))
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        batch: dict,
+        steps: int | None = None,
+        shift: float | None = None,
+        guidance: Sequence[float] | None = None,
+        seed: int = 0,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes)."""
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
         guidance = list(guidance if guidance is not None else self.sampler["guidance"])
@@ -340,7 +364,16 @@ class AnimationSystem(L.LightningModule):
         noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
         velocity = self.level_velocity(sequences)
         x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift)
-        return self.backbone.vae.decode(self.hold(x, top)[:, :, top.target])
+        return self.hold(x, top)[:, :, top.target]
+
+    # ----- long videos (animate.rollout) -----------------------------------------------------------
+    def rollout_defaults(self) -> dict[str, Any]:
+        """This method's long-video settings: its strategy, then ``rollout`` from the config."""
+        return {"strategy": self.rollout_strategy} | self.rollout
+
+    def after_first_chunk(self, batch: dict, video: Tensor, seed: int) -> dict[str, Tensor]:
+        """Batch entries the first chunk of a long video leaves for all later chunks (EverAnimate: the identity memory)."""
+        return {}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         """Generated clips (B, 3, T, H, W) in [-1, 1] of one batch, by :attr:`prediction`'s settings.

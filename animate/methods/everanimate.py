@@ -81,6 +81,8 @@ class EverAnimate(AnimationSystem):
     conditions = ()
     guidance_levels = ((),)  # no CFG (paper: 20 steps without guidance)
     uncached_latents = frozenset({"identity", "perturbed"})  # augmented views and a perturbation drawn anew each time
+    rollout_strategy = "latent_carry"  # persistent latent propagation (animate.rollout)
+    carries_memory = True
 
     def __init__(
         self,
@@ -141,6 +143,12 @@ class EverAnimate(AnimationSystem):
                 inputs["perturbed"] = perturbed_video_pixels(self.perturbation)
         return inputs
 
+    def encode(self, batch: dict, inputs: dict[str, PixelFn]) -> dict[str, Tensor]:
+        """The base encoding, without the identity views when the batch carries a frozen identity memory."""
+        if "identity_memory" in batch:
+            inputs = {name: fn for name, fn in inputs.items() if name != "identity"}
+        return super().encode(batch, inputs)
+
     def identity_memory(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
         """(B, C, K, h, w): the batch's frozen identity memory, or its views' latents with the reference filling missing views."""
         if "identity_memory" in batch:
@@ -151,6 +159,20 @@ class EverAnimate(AnimationSystem):
         if memory.shape[2] < self.identity_views:  # too few views: repeat the reference (the rollout fills them from chunk 1)
             memory = torch.cat([memory, memory[:, :, :1].expand(-1, -1, self.identity_views - memory.shape[2], -1, -1)], dim=2)
         return memory[:, :, : self.identity_views]
+
+    def after_first_chunk(self, batch: dict, video: Tensor, seed: int) -> dict[str, Tensor]:
+        """The frozen identity memory: the given views, the missing ones drawn from the first chunk's frames (B, 3, T, H, W)."""
+        given = identity_views(batch)  # (B, V, 3, H, W)
+        missing = self.identity_views - given.shape[1]
+        if missing > 0:
+            generator = torch.Generator().manual_seed(seed)
+            frames = 1 + torch.randperm(video.shape[2] - 1, generator=generator)[:missing].sort().values  # never frame 0
+            drawn = video[:, :, frames].transpose(1, 2)  # (B, missing, 3, H, W)
+            if drawn.shape[1] < missing:  # a first chunk shorter than the missing views: repeat its last
+                drawn = torch.cat([drawn, drawn[:, -1:].expand(-1, missing - drawn.shape[1], -1, -1, -1)], dim=1)
+            given = torch.cat([given, drawn.to(given)], dim=1)
+        latents = self.backbone.vae.encode(given.flatten(0, 1)[:, :, None])  # each view encoded alone
+        return {"identity_memory": latents[:, :, 0].unflatten(0, (given.shape[0], -1)).transpose(1, 2)[:, :, : self.identity_views]}
 
     def pose_tokens(self, pose_latents: Tensor) -> Tensor:
         """(B, L_target, D) pose tokens of the target frames' pose latents (B, C, F, h, w)."""
@@ -179,6 +201,7 @@ class EverAnimate(AnimationSystem):
             motion = identity.new_zeros(b, c, self.motion_latents, h, w) if memory is None else memory.to(identity)
             if motion.shape[2] != self.motion_latents:
                 raise ValueError(f"motion_memory has {motion.shape[2]} latent frames; method.motion_latents is {self.motion_latents}")
+            pose = pose[:, :, batch.get("pose_lead_latents", 0) :]  # a continuation chunk's poses start at the memory's frames
             target = torch.zeros_like(pose)
         n, f = self.context_frames, target.shape[2]
         clean = torch.cat([identity.to(target), motion.to(target), target], dim=2)

@@ -15,7 +15,7 @@ Where each idea lives:
   of the video latents along time (``reference_prefix``).
 - Token replace: training keeps the first ``context_latents`` target latent frames clean (t = 0)
   and out of the loss with probability ``token_replace.probability``; long videos are generated
-  segment by segment (:meth:`OneToAll.generate_long`), each segment's first latent frames the
+  segment by segment (:mod:`animate.rollout`, strategy ``token_replace``), each segment's first latent frames the
   VAE encoding of the previous segment's last frames, held at t = 0 at every step.
 - Cumulative CFG (Eq. 16): three levels (nothing, pose, pose + reference); ``sampler.guidance:
   [lP, lI]``, 1, 2 or 3 batched passes per step (:func:`animate.flow.guided_velocity`).
@@ -266,50 +266,7 @@ class OneToAll(AnimationSystem):
         return self.backbone.rotary(torch.zeros(b, 1, dtype=torch.long, device=reference_input.device), h // patch, w // patch)
 
     # ----- long videos -------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_long(self, batch: dict, segment_frames: int | None = None, token_replace: bool = True, **options) -> Tensor:
-        """Animate driving poses (B, 3, T, H, W) of any length segment by segment: video (B, 3, T, H, W) in [-1, 1].
-
-        With token replace each segment after the first starts where the previous one's last
-        ``pixel_frames(context_latents)`` frames (5) are; those frames, VAE-encoded from the
-        generated pixels, stay clean at t = 0 at every step and are dropped from its output.
-        ``token_replace=False`` generates independent segments that share only the reference (the
-        paper's comparison). A sequence no longer than a segment is one segment; a segment whose
-        length is not 1 + 4k is padded with the last pose and cropped. ``options`` go to :meth:`generate`.
-        """
-        compression = self.backbone.compression
-        segment = segment_frames or self.token_replace["segment_frames"]
-        compression.check_frames(segment)
-        overlap = compression.pixel_frames(self.token_replace["context_latents"]) if token_replace else 0
-        if segment <= overlap:
-            raise ValueError(f"segment_frames={segment} must exceed the {overlap} context frames token replace carries over")
-        pose = batch["pose"]
-        total = pose.shape[2]
-        pieces: list[Tensor] = []
-        tail = None  # the last ``overlap`` generated frames: the next segment's context
-        generated, index = 0, 0
-        while generated < total:
-            start = generated - overlap if pieces else 0
-            length = min(segment, total - start)
-            valid = 1 + -(-(length - 1) // compression.vae_time) * compression.vae_time  # rounded up to 1 + 4k
-            poses = pose[:, :, start : start + length]
-            poses = torch.cat([poses, poses[:, :, -1:].expand(-1, -1, valid - length, -1, -1)], dim=2)
-            part = self.segment_batch(batch, poses, index)
-            context = None
-            if pieces and overlap:
-                context = self.backbone.vae.encode(tail)  # (B, C, context_latents, h, w)
-            video = self.generate(part, context=context, **options)[:, :, :length]
-            pieces.append(video[:, :, overlap:] if context is not None else video)
-            if overlap:
-                tail = torch.cat([tail, pieces[-1]], dim=2)[:, :, -overlap:] if tail is not None else pieces[-1][:, :, -overlap:]
-            generated = start + length
-            index += 1
-        return torch.cat(pieces, dim=2)[:, :, :total]
-
-    @staticmethod
-    def segment_batch(batch: dict, poses: Tensor, index: int) -> dict:
-        """The inference batch of one segment: the reference inputs and this segment's poses; its own noise per segment."""
-        keep = ("reference", "reference_pose", "reference_mask", "reference_keypoints")
-        part = {name: batch[name] for name in keep if name in batch} | {"pose": poses}
-        keys = batch.get("key") or [str(i) for i in range(poses.shape[0])]
-        return part | {"key": [f"{key}#segment{index}" for key in keys]}
+    def rollout_defaults(self) -> dict:
+        """Token replace over segments of ``token_replace.segment_frames`` (animate.rollout), then ``rollout`` from the config."""
+        carry = self.backbone.compression.pixel_frames(self.token_replace["context_latents"])
+        return {"strategy": "token_replace", "chunk_frames": self.token_replace["segment_frames"], "carry_frames": carry} | self.rollout

@@ -1,0 +1,328 @@
+"""Long videos in one place: every method's rollout over driving poses of any length, behind one interface.
+
+Strategies (``rollout.strategy``; ``None`` = the method's own, :attr:`AnimationSystem.rollout_defaults`):
+
+- ``independent``: chunks that share only the reference.
+- ``image_carry``: image-space carry-over. The previous chunk is decoded and its last frames are
+  VAE-encoded again. A method that holds the carry inside its target (UniAnimate-DiT,
+  FramePrompt, One-to-All) keeps the last ``carry_frames`` frames (1 = the last frame) clean at t = 0
+  at the start of the next chunk and drops them from its output; a method with a motion memory
+  (EverAnimate) re-encodes the last ``1 + 4 L_m`` frames and takes the last L_m latents as memory,
+  the same kind of latents it trained on.
+- ``token_replace``: One-to-All's: ``image_carry`` of the last 5 frames (2 latent frames) by default.
+- ``latent_carry``: EverAnimate's persistent latent propagation: the previous chunk's last L_m
+  latent frames are the motion memory as they are, with no VAE call between chunks.
+- ``sliding_window``: UniAnimate-DiT's: the whole latent sequence is denoised at once; at every step
+  each window of ``window_latents`` latent frames (``overlap_latents`` shared with the next)
+  predicts its velocity and overlapping predictions are averaged.
+
+A chunk-by-chunk rollout keeps every finished chunk in a :class:`ChunkStore` (its latents, its
+frames and what later chunks need), so an interrupted generation resumes at the next chunk and
+gives the same video; the mp4 grows as chunks finish (:class:`common.video.Mp4Stream`).
+A memory method's chunk is decoded after ``decode_warmup`` latent frames of the previous chunk,
+whose frames are dropped, so its first latent frame decodes as a continuation (Wan's VAE is causal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from animate.flow import guidance_weights, guided_velocity, sampling_times
+from animate.methods.base import clip_noise
+from common.files import atomic_torch_save
+
+STRATEGIES = ("independent", "image_carry", "token_replace", "latent_carry", "sliding_window")
+STATIC_KEYS = ("reference", "reference_pose", "reference_mask", "reference_keypoints", "reference_views")
+TOKEN_REPLACE_FRAMES = 5  # One-to-All: the last 5 frames of the previous segment = 2 latent frames
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How a long video is rolled out (the ``rollout`` config group)."""
+
+    strategy: str = "independent"
+    chunk_frames: int = 17  # driving frames per chunk, 1 + 4k (window_latents sets sliding windows)
+    carry_frames: int | None = None  # frames carried into the next chunk's target, 1 + 4k; None = 1 (image_carry), 5 (token_replace)
+    window_latents: int = 21  # sliding_window: latent frames per window (UniAnimate-DiT: 21)
+    overlap_latents: int = 4  # sliding_window: latent frames shared by neighbouring windows (UniAnimate-DiT: 4)
+    decode_warmup: int = 2  # memory methods: latent frames of the previous chunk decoded first, then dropped
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"rollout.strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        for name in ("chunk_frames", "carry_frames"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or (value - 1) % 4):
+                raise ValueError(f"rollout.{name}={value}: must be 1 + 4k frames (Wan's VAE compresses time 4x)")
+        if self.window_latents < 2 or not 0 <= self.overlap_latents < self.window_latents:
+            raise ValueError(f"rollout.window_latents={self.window_latents}, overlap_latents={self.overlap_latents}: "
+                             "need window >= 2 and 0 <= overlap < window")
+        if self.decode_warmup < 1:
+            raise ValueError(f"rollout.decode_warmup={self.decode_warmup}: at least 1 latent frame")
+
+    @property
+    def carried_frames(self) -> int:
+        """Frames of a chunk's end carried into the next chunk's target (methods without a motion memory)."""
+        if self.strategy == "independent":
+            return 0
+        if self.carry_frames is not None:
+            return self.carry_frames
+        return TOKEN_REPLACE_FRAMES if self.strategy == "token_replace" else 1
+
+
+def rollout_config(system: Any, overrides: Mapping[str, Any] | None = None) -> RolloutConfig:
+    """The method's own rollout (:attr:`rollout_defaults`) with ``overrides`` (None values ignored)."""
+    settings = dict(system.rollout_defaults()) | {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    return RolloutConfig(**settings)
+
+
+# ----------------------------------------------------------------------------- chunk store
+class ChunkStore:
+    """Finished chunks in a directory (``chunk-NNNN.pt``, written atomically) for resuming a generation.
+
+    ``signature``: what must match for a resume (checkpoint, inputs, strategy, sampler, seed); a
+    directory holding chunks of another generation is refused with a one-line error.
+    """
+
+    def __init__(self, directory: str | Path, signature: Mapping[str, Any]):
+        self.directory = Path(directory)
+        self.signature = {key: str(value) for key, value in signature.items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, index: int) -> Path:
+        return self.directory / f"chunk-{index:04d}.pt"
+
+    def finished(self) -> Iterator[dict]:
+        """The finished chunks in order, up to the first missing one."""
+        index = 0
+        while self.path(index).is_file():
+            record = torch.load(self.path(index), map_location="cpu", weights_only=True)
+            if record.get("signature") != self.signature:
+                changed = sorted(k for k in self.signature if record.get("signature", {}).get(k) != self.signature[k])
+                raise ValueError(f"{self.directory} holds chunks of another generation ({', '.join(changed)} differ): "
+                                 "delete it or write to another out=")
+            yield record
+            index += 1
+
+    def save(self, index: int, record: dict) -> None:
+        """Keep chunk ``index``."""
+        atomic_torch_save(self.path(index), record | {"signature": self.signature})
+
+
+def tensor_digest(*tensors: Tensor) -> str:
+    """A short digest of tensors' values (the inputs part of a store's signature)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- chunk plans
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk: the driving frames it reads (``pose_start:pose_stop``, padded to ``pose_frames``) and the frames it adds."""
+
+    index: int
+    pose_start: int
+    pose_stop: int
+    pose_frames: int  # 1 + 4k after padding with the last pose
+    out_start: int
+    out_stop: int
+    skip: int  # leading decoded frames that are not new (the carried frames, or a memory method's warm-up)
+
+
+def round_up_frames(frames: int) -> int:
+    """The smallest 1 + 4k >= ``frames``."""
+    return 1 + -(-(frames - 1) // 4) * 4
+
+
+def plan_chunks(total: int, cfg: RolloutConfig, memory_latents: int | None) -> list[Chunk]:
+    """Chunks covering ``total`` driving frames. ``memory_latents``: L_m of a memory method, else None."""
+    carried = cfg.carried_frames
+    if memory_latents is None and carried >= cfg.chunk_frames:
+        raise ValueError(f"rollout.chunk_frames={cfg.chunk_frames} must exceed the {carried} frames carried into each chunk")
+    chunks, out = [], 0
+    while out < total:
+        index = len(chunks)
+        if index == 0:
+            length = min(cfg.chunk_frames, total)
+            chunks.append(Chunk(0, 0, length, round_up_frames(length), 0, length, 0))
+        elif memory_latents is not None:  # the pose clip starts 1 + 4 L_m frames early: its first latents are the memory's
+            lead = 1 + 4 * memory_latents
+            new = min(cfg.chunk_frames - 1, total - out)
+            pose_frames = lead + 4 * -(-new // 4)
+            chunks.append(Chunk(index, out - lead, min(out + new, total), pose_frames, out, out + new, 0))
+        else:
+            start = out - carried if carried else out
+            length = min(cfg.chunk_frames, total - start)
+            chunks.append(Chunk(index, start, start + length, round_up_frames(length), out, start + length, carried))
+        out = chunks[-1].out_stop
+    return chunks
+
+
+def chunk_batch(batch: dict, chunk: Chunk) -> dict:
+    """The inference batch of one chunk: the static inputs, its poses (padded with the last), its own noise key."""
+    poses = batch["pose"][:, :, chunk.pose_start : chunk.pose_stop]
+    pad = chunk.pose_frames - poses.shape[2]
+    poses = torch.cat([poses, poses[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2) if pad else poses
+    keys = batch.get("key") or [str(i) for i in range(poses.shape[0])]
+    part = {name: batch[name] for name in STATIC_KEYS if name in batch}
+    return part | {"pose": poses, "key": [f"{key}#chunk{chunk.index}" for key in keys]}
+
+
+# ----------------------------------------------------------------------------- rollouts
+def roll_out(
+    system: Any,
+    batch: dict,
+    cfg: RolloutConfig,
+    options: Mapping[str, Any] | None = None,
+    store: ChunkStore | None = None,
+    on_frames: Callable[[Tensor], None] | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Animate ``batch["pose"]`` (B, 3, T, H, W) of any length: video (B, 3, T, H, W) in [-1, 1].
+
+    ``options``: sampler settings for :meth:`sample_latents` (steps, shift, guidance, seed);
+    ``store``: keeps finished chunks and resumes from them; ``on_frames``: receives each chunk's
+    new frames (B, 3, n, H, W) in order, the resumed ones first.
+    """
+    options = dict(options or {})
+    memory = getattr(system, "motion_latents", None) if getattr(system, "carries_memory", False) else None
+    if cfg.strategy == "sliding_window":
+        if memory is not None:
+            raise ValueError(f"rollout.strategy=sliding_window: {type(system).__name__} generates from a motion memory, "
+                             "chunk by chunk (use latent_carry, image_carry or independent)")
+        video = sliding_windows(system, batch, cfg, options, store, progress)
+        if on_frames is not None:
+            on_frames(video)
+        return video
+    if cfg.strategy == "latent_carry" and memory is None:
+        raise ValueError(f"rollout.strategy=latent_carry needs a method with a motion memory (EverAnimate); "
+                         f"{type(system).__name__} carries frames over (image_carry, token_replace) or none (independent)")
+    if cfg.strategy == "token_replace" and memory is not None:
+        raise ValueError(f"rollout.strategy=token_replace holds frames inside the target; {type(system).__name__} "
+                         "carries a motion memory (latent_carry or image_carry)")
+    if cfg.strategy == "independent":
+        memory = None  # no motion memory to carry: every chunk starts as a first chunk
+    total = batch["pose"].shape[2]
+    chunks = plan_chunks(total, cfg, memory)
+    pieces: list[Tensor] = []
+    previous: dict | None = None  # the last finished chunk's record
+    kept: dict[str, Tensor] = {}  # what the first chunk leaves for all later ones (EverAnimate's identity memory)
+    finished = list(store.finished()) if store is not None else []
+    for chunk in tqdm(chunks, desc="chunks", unit="chunk", disable=not progress):
+        if chunk.index < len(finished):
+            record = finished[chunk.index]
+        else:
+            record = generate_chunk(system, batch, chunk, cfg, previous, kept, memory, options)
+            if store is not None:
+                store.save(chunk.index, record)
+        if chunk.index == 0:
+            kept = record.get("kept", {})
+        pieces.append(record["video"].float() / 127.5 - 1)
+        if on_frames is not None:
+            on_frames(pieces[-1])
+        previous = record
+    return torch.cat(pieces, dim=2)[:, :, :total]
+
+
+def generate_chunk(system: Any, batch: dict, chunk: Chunk, cfg: RolloutConfig, previous: dict | None,
+                   kept: dict[str, Tensor], memory: int | None, options: dict) -> dict:
+    """Generate one chunk from the previous one's record: {"latents", "video" uint8, "tail" frames, "kept"}."""
+    part = chunk_batch(batch, chunk) | kept
+    vae = system.backbone.vae
+    context = None
+    if previous is not None and cfg.strategy != "independent":
+        if memory is not None:
+            if cfg.strategy == "latent_carry":
+                motion = previous["latents"][:, :, -memory:]  # reused as generated: no decode, no encode
+            else:  # decode (done), re-encode the last 1 + 4 L_m frames, keep their last L_m latents
+                motion = vae.encode(previous["tail"].float() / 127.5 - 1)[:, :, -memory:]
+            part |= {"motion_memory": motion.to(system.device), "pose_lead_latents": 1 + memory}
+        else:
+            context = vae.encode(previous["tail"].float() / 127.5 - 1)  # the carried frames, encoded again
+    latents = system.sample_latents(part, context=context, **options)  # (B, C, F, h, w)
+    if memory is not None and previous is not None:  # decode as a continuation of the previous chunk
+        warm = previous["latents"][:, :, -cfg.decode_warmup :]
+        video = vae.decode(torch.cat([warm.to(latents), latents], dim=2))[:, :, 1 + 4 * (warm.shape[2] - 1) :]
+    else:
+        video = vae.decode(latents)[:, :, chunk.skip :]
+    video = video[:, :, : chunk.out_stop - chunk.out_start]
+    record = {"latents": latents.cpu(), "video": to_uint8(video), "tail": to_uint8(video[:, :, -tail_frames(cfg, memory) :])}
+    if chunk.index == 0:
+        record["kept"] = {name: value.cpu() for name, value in system.after_first_chunk(part, video, options.get("seed", 0)).items()}
+    return record
+
+
+def tail_frames(cfg: RolloutConfig, memory: int | None) -> int:
+    """Frames of a chunk's end that the next chunk's image-space carry-over re-encodes."""
+    if memory is not None:
+        return 1 + 4 * memory
+    return cfg.carried_frames
+
+
+def to_uint8(video: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8, same shape, on the CPU."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict, store: ChunkStore | None, progress: bool) -> Tensor:
+    """UniAnimate-DiT's long video: every step averages the velocities of overlapping latent windows.
+
+    With a ``store`` the latents are kept after every step (``steps.pt``) and a resumed run continues from the last.
+    """
+    total = batch["pose"].shape[2]
+    padded = round_up_frames(total)
+    latent_frames = 1 + (padded - 1) // 4
+    window = min(cfg.window_latents, latent_frames)
+    stride = window - cfg.overlap_latents
+    starts = list(range(0, max(1, latent_frames - window + stride), stride))
+    starts = sorted({min(start, latent_frames - window) for start in starts})
+    pose = batch["pose"]
+    if padded > total:
+        pose = torch.cat([pose, pose[:, :, -1:].expand(-1, -1, padded - total, -1, -1)], dim=2)
+    steps = options.get("steps") or system.sampler["steps"]
+    shift = options.get("shift") if options.get("shift") is not None else system.sampler["shift"]
+    guidance = list(options.get("guidance") if options.get("guidance") is not None else system.sampler["guidance"])
+    levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
+    windows = []
+    for index, start in enumerate(starts):  # window latent j >= 1 covers the same frames as latent start + j
+        first = 0 if start == 0 else 4 * start
+        part = {name: batch[name] for name in STATIC_KEYS if name in batch}
+        keys = batch.get("key") or [str(i) for i in range(pose.shape[0])]
+        part |= {"pose": pose[:, :, first : first + 1 + 4 * (window - 1)], "key": [f"{key}#window{index}" for key in keys]}
+        sequences = system.sampling_sequences(part, levels)
+        windows.append((start, sequences, system.level_velocity(sequences)))
+    top = windows[0][1][levels[-1]]
+    shape = (top.clean.shape[0], top.clean.shape[1], latent_frames, *top.clean.shape[3:])
+    x = clip_noise(shape, batch.get("key"), options.get("seed", 0)).to(top.clean)
+    done = 0
+    state_path = None if store is None else store.directory / "steps.pt"
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("signature") != store.signature:
+            raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
+        done, x = int(state["steps_done"]), state["latents"].to(x)
+    times = sampling_times(steps, shift, device=x.device)
+    for i in tqdm(range(done, steps), desc="sliding-window steps", unit="step", disable=not progress):
+        total_velocity, count = torch.zeros_like(x), torch.zeros(latent_frames, device=x.device)
+        for start, sequences, velocity in windows:
+            seq = sequences[levels[-1]]
+            x_window = seq.clean.clone()
+            x_window[:, :, seq.target] = x[:, :, start : start + window]
+            t = torch.where(seq.generate, times[i], torch.zeros_like(times[i])).to(x.dtype)
+            v = guided_velocity(velocity, system.hold(x_window, seq), t, guidance)[:, :, seq.target]
+            total_velocity[:, :, start : start + window] += v
+            count[start : start + window] += 1
+        x = x + (times[i + 1] - times[i]) * total_velocity / count.view(1, 1, -1, 1, 1)
+        if state_path is not None:
+            atomic_torch_save(state_path, {"steps_done": i + 1, "latents": x.cpu(), "signature": store.signature})
+    return system.backbone.vae.decode(x)[:, :, :total]
