@@ -10,6 +10,7 @@ Basics: Let Denoising Generative Models Denoise", Li & He 2025), which is turned
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -115,3 +116,9 @@ def euler_sample(
         t_frames = torch.where(generate, t, torch.zeros_like(t)).to(x.dtype)  # (B, F)
         x = x + (s - t) * velocity_fn(x, t_frames)
     return x
+
+
+def clip_noise(shape: Sequence[int], keys: Sequence[str] | None, seed: int) -> Tensor:
+    """Starting noise (B, ...) drawn per clip from ``seed`` and the clip's key: the same however clips are batched or split over devices."""
+    names = list(keys) if keys is not None else [str(i) for i in range(shape[0])]
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))) for n in names])

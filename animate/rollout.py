@@ -35,8 +35,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from animate.flow import guidance_weights, guided_velocity, sampling_times
-from animate.methods.base import clip_noise
+from animate.flow import clip_noise, guidance_weights, guided_velocity, sampling_times
 from common.files import atomic_torch_save
 
 STRATEGIES = ("independent", "image_carry", "token_replace", "latent_carry", "sliding_window")
@@ -76,6 +75,15 @@ class RolloutConfig:
         if self.carry_frames is not None:
             return self.carry_frames
         return TOKEN_REPLACE_FRAMES if self.strategy == "token_replace" else 1
+
+
+def new_frames_per_chunk(system: Any, cfg: RolloutConfig) -> int:
+    """Frames each chunk after the first adds (a sliding window: its stride in frames): the natural drift window."""
+    if cfg.strategy == "sliding_window":
+        return 4 * (cfg.window_latents - cfg.overlap_latents)
+    if getattr(system, "carries_memory", False) and cfg.strategy != "independent":
+        return cfg.chunk_frames - 1
+    return cfg.chunk_frames - cfg.carried_frames
 
 
 def rollout_config(system: Any, overrides: Mapping[str, Any] | None = None) -> RolloutConfig:

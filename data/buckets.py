@@ -247,10 +247,11 @@ class BucketSampler:
         window = window_indices(num_frames, count, self.stride, rng if self.random_window else None)
         return BucketPlan(size, center_crop_box(height, width, size), window)
 
-    def plan_fixed(self, height: int, width: int, num_frames: int) -> BucketPlan:
-        """Evaluation: first resolution's closest size, largest frame count that fits, window from frame 0."""
+    def plan_fixed(self, height: int, width: int, num_frames: int, whole_clip: bool = False) -> BucketPlan:
+        """Evaluation: first resolution's closest size, largest frame count that fits (or the whole clip's 1 + 4k), window from frame 0."""
         size = closest_size(height, width, self.sizes[self.resolutions[0]])
-        count = 1 if num_frames == 1 else fallback_frame_count(num_frames, self.frame_counts, self.stride)
+        counts = () if whole_clip else self.frame_counts
+        count = 1 if num_frames == 1 else fallback_frame_count(num_frames, counts, self.stride)
         return BucketPlan(size, center_crop_box(height, width, size), window_indices(num_frames, count, self.stride))
 
 

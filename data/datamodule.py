@@ -215,7 +215,8 @@ class SamplePreparer:
 
     def __init__(self, sampler: BucketSampler, fixed: bool, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
-                 rank: int = 0, face_enhancement: float = 0.0, lightened_poses: bool = False, reference_views: int = 0):
+                 rank: int = 0, face_enhancement: float = 0.0, lightened_poses: bool = False, reference_views: int = 0,
+                 whole_clips: bool = False):
         if reference not in REFERENCE_POLICIES:
             raise ValueError(f"reference policy {reference!r} is not one of {REFERENCE_POLICIES}")
         self.sampler = sampler
@@ -227,6 +228,7 @@ class SamplePreparer:
         self.face_enhancement = 0.0 if fixed else face_enhancement  # a training augmentation only
         self.lightened_poses = lightened_poses
         self.reference_views = reference_views
+        self.whole_clips = whole_clips  # evaluation of long clips: the whole clip (its largest 1 + 4k frames), not a frame bucket
         self.donor: np.ndarray | None = None  # the previous sample's reference pose: another person's face for enhancement
         self.epoch = -1
 
@@ -241,7 +243,7 @@ class SamplePreparer:
         """The bucket of one sample."""
         num_frames, height, width = sample.frames.shape[:3]
         if self.fixed:
-            return self.sampler.plan_fixed(height, width, num_frames)
+            return self.sampler.plan_fixed(height, width, num_frames, whole_clip=self.whole_clips)
         return self.sampler.plan(height, width, num_frames, rng)
 
     def reference_index(self, key: str, num_frames: int, window: np.ndarray, rng: np.random.Generator) -> int:
@@ -446,6 +448,17 @@ class AnimationDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"no {split}_urls and no dataset root for split {split!r}; {CREATE_HINT}")
         return manifest_shards(self.root, split)
 
+    def long_shards(self, split: str) -> list[str]:
+        """The long clips of a split: the manifest's ``long`` subset (``data.synthetic long_clips``), else the split's video shards."""
+        if self.urls.get(split) is not None or self.root is None:
+            return self.shards(split)[0]
+        manifest = read_manifest(self.root)["splits"].get(split, {})
+        shards = [str(Path(self.root) / path) for path in manifest.get("long", {}).get("shards", [])]
+        if not shards:
+            raise FileNotFoundError(f"{Path(self.root) / 'manifest.json'}: split {split!r} has no long clips; "
+                                    "make some with data.synthetic.long_clips=N (or data.synthetic long_clips=N out=DIR)")
+        return expand_shard_paths(shards, f"{self.root} long clips of {split!r}")
+
     def raw_samples(self, urls: Sequence[str], counter: BadSampleCounter,
                     resample_rank: int | None = None) -> wds.DataPipeline:
         """Raw webdataset samples of shards: in order, or resampled (seeded by seed, rank, worker, epoch)."""
@@ -503,24 +516,30 @@ class AnimationDataModule(L.LightningDataModule):
         ).with_epoch(batches_per_worker)
 
     def eval_dataset(self, split: str, samples: int, by_rank: bool = True, kind: str = "video") -> wds.DataPipeline:
-        """The first ``samples`` samples of a split in shard order, fixed buckets, this rank's/worker's share."""
+        """The first ``samples`` samples of a split in shard order, fixed buckets, this rank's/worker's share.
+
+        ``kind``: ``video`` (held-out clips in the largest frame bucket they fill), ``image``
+        (held-out image pairs), ``long`` (the split's long clips, whole).
+        """
         videos, images = self.shards(split)
         rank, world_size = process_rank() if by_rank else (0, 1)
         counter = BadSampleCounter()
         if kind == "video":
             source = self.raw_samples(videos, counter)
+        elif kind == "long":
+            source = self.raw_samples(self.long_shards(split), counter)
         elif kind == "image":
             if not images:
                 raise FileNotFoundError(f"split {split!r} has no image shards")
             source = wds.DataPipeline(self.raw_samples(images, counter), pair_images)
         else:
-            raise ValueError(f"kind must be 'video' or 'image', got {kind!r}")
+            raise ValueError(f"kind must be 'video', 'image' or 'long', got {kind!r}")
         return wds.DataPipeline(
             source,
             wds.slice(samples),
             partial(take_share, rank=rank, world_size=world_size),
             wds.map(decode_with_pair, handler=counter.handler),
-            SamplePreparer(self.sampler, fixed=True, **self.preparer_options),
+            SamplePreparer(self.sampler, fixed=True, whole_clips=kind == "long", **self.preparer_options),
             BucketBatcher(self.batch_size, self.max_pending, partial=True, collate_fn=collate_batch),
             BadSampleDeltas(counter),
         )

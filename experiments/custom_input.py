@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
-from animate.rollout import ChunkStore, roll_out, rollout_config, tensor_digest
+from animate.rollout import ChunkStore, roll_out, tensor_digest
 from common.files import atomic_write_json
 from common.pose.render import pose_to_tensor, render_pose
 from common.pose.retarget import MODES as RETARGET_MODES
@@ -43,7 +43,7 @@ from common.pose.translate import translate_reference
 from common.video import Mp4Stream, comparison_grid, decode_video, frames_uint8, write_mp4, write_png
 from data.pose_import import KeypointError, load_keypoints
 from experiments.cli import UsageError
-from experiments.prediction import load_run
+from experiments.prediction import load_run, long_rollout
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,7 @@ def output_size(source: tuple[int, int], short_side: int, multiple: int) -> tupl
 def animate_custom(cfg: DictConfig) -> Path:
     """Translate, optionally retarget, and animate ``cfg.reference`` with ``cfg.driving``; returns the output directory."""
     system, run_cfg, _ = load_run(cfg.ckpt)
-    try:
-        rollout = rollout_config(system, OmegaConf.to_container(cfg.rollout) if cfg.get("rollout") else None)
-    except ValueError as exn:
-        raise UsageError(str(exn)) from exn
+    rollout = long_rollout(system, cfg)
     image, reference_keypoints = load_reference(cfg)
     driving, source, _ = load_driving(cfg)
     compression = system.backbone.compression

@@ -69,7 +69,7 @@ def generate(cfg: DictConfig) -> dict | Path | None:
         models.remove("base")
     if not models:
         raise UsageError(f"models={list(cfg.models)}: nothing to generate for this run")
-    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / (f"generate_{cfg.split}" + ("_images" if cfg.kind == "image" else ""))
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / (f"generate_{cfg.split}" + {"image": "_images", "long": "_long"}.get(cfg.kind, ""))
     loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size, cfg.kind)
     for index, model in enumerate(models):
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)

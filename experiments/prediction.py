@@ -24,11 +24,13 @@ from torch.utils.data import DataLoader, IterableDataset
 from animate.callbacks import ClipWriter
 from animate.methods.base import AnimationSystem
 from animate.methods.text_to_video import TextToVideo
+from animate.rollout import RolloutConfig, rollout_config
 from experiments.cli import UsageError
 
 log = logging.getLogger(__name__)
 
 MODELS = ("trained", "untrained", "base", "repeat_reference")
+KINDS = ("video", "image", "long")
 
 
 def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
@@ -84,10 +86,13 @@ class HeldoutClips(IterableDataset):
 
 
 def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None, kind: str = "video") -> DataLoader:
-    """A loader of the held-out clips (``kind="video"``) or image pairs (``"image"``: pose transfer) of a run's dataset (``batch_size``: null = the run's)."""
-    if kind not in ("video", "image"):
-        raise UsageError(f"kind={kind}: use video (held-out clips) or image (held-out image pairs, pose transfer)")
-    overrides = {"batch_size": batch_size} if batch_size else {}
+    """A loader of the held-out clips (``kind="video"``), image pairs (``"image"``: pose transfer) or long clips (``"long"``, one per batch) of a run's dataset.
+
+    ``batch_size``: null = the run's.
+    """
+    if kind not in KINDS:
+        raise UsageError(f"kind={kind}: use video (held-out clips), image (held-out image pairs, pose transfer) or long (long clips, chunk by chunk)")
+    overrides = {"batch_size": 1 if kind == "long" else batch_size} if batch_size or kind == "long" else {}
     datamodule = instantiate(run_cfg.data, **overrides)
     datamodule.prepare_data()
     return DataLoader(HeldoutClips(datamodule, split, num_clips, kind), batch_size=None)
@@ -108,7 +113,11 @@ def predict_clips(
     model: str = "trained",
     write_targets: bool = True,
 ) -> L.Trainer:
-    """Generate ``loader``'s clips with ``model`` into ``out/<model>/`` (see :class:`ClipWriter`); returns the trainer."""
+    """Generate ``loader``'s clips with ``model`` into ``out/<model>/`` (see :class:`ClipWriter`); returns the trainer.
+
+    Long clips (``kind=long``) go chunk by chunk with the method's rollout (``cfg.rollout`` overrides
+    it), their finished chunks kept in ``out/chunks/<model>/KEY/`` so an interrupted run resumes.
+    """
     check_model(model)
     system = build_system(run_cfg) if model == "untrained" else base_system(run_cfg) if model == "base" else trained
     system.prediction = dict(
@@ -118,11 +127,22 @@ def predict_clips(
         seed=cfg.sampler.seed,
         baseline="repeat_reference" if model == "repeat_reference" else None,
     )
+    if getattr(loader.dataset, "kind", "video") == "long":
+        system.prediction |= {"rollout": long_rollout(system, cfg), "store_dir": str(out / "chunks" / model)}
     writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps)
     trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False)
     log.info("generating with the %s model into %s", model, out / model)
     trainer.predict(system, dataloaders=loader, return_predictions=False)
     return trainer
+
+
+def long_rollout(system: AnimationSystem, cfg: DictConfig) -> RolloutConfig:
+    """The method's rollout with the config's ``rollout`` overrides; a one-line error for settings that cannot work."""
+    overrides = OmegaConf.to_container(cfg.rollout, resolve=True) if cfg.get("rollout") else None
+    try:
+        return rollout_config(system, overrides)
+    except ValueError as exn:
+        raise UsageError(str(exn)) from exn
 
 
 def end_distributed(trainer: L.Trainer) -> bool:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from common.files import atomic_write_text
+from metrics.drift import DriftCurves, line_chart
 from metrics.media import ClipPair, pair_clips, read_clip, read_keypoints, read_person_mask, read_plate, sidecar
 from metrics.suite import MetricSuite
 from metrics.video import frame_ranges, resize_frames, to_uint8
@@ -67,12 +68,16 @@ class Clip:
 
     def prefix(self, frames: int) -> Clip:
         """The first ``frames`` frames (views, no copy)."""
+        return self.window(0, frames)
+
+    def window(self, start: int, stop: int) -> Clip:
+        """Frames ``start:stop`` (views, no copy)."""
         return replace(
             self,
-            generated=self.generated[:, :frames],
-            target=self.target[:, :frames],
-            keypoints=None if self.keypoints is None else self.keypoints[:frames],
-            person_mask=None if self.person_mask is None else self.person_mask[:frames],
+            generated=self.generated[:, start:stop],
+            target=self.target[:, start:stop],
+            keypoints=None if self.keypoints is None else self.keypoints[start:stop],
+            person_mask=None if self.person_mask is None else self.person_mask[start:stop],
         )
 
 
@@ -202,13 +207,36 @@ def evaluate_clips(
     Returns the per-clip rows and the summary ``{horizon: {clips, clips_too_short, <metrics>}}``.
     """
     evaluation = Evaluation(cfg.metrics, horizons(cfg.horizons_s, cfg.fps), resolve_device(cfg.device))
+    drift_frames = cfg.get("drift_frames")
+    drift = DriftCurves(cfg.metrics, int(drift_frames), cfg.fps, resolve_device(cfg.device)) if drift_frames else None
+    longest = 0
     for clip in tqdm(clips(evaluation.suite), total=total, desc="evaluate", unit="clip"):
         evaluation.add(clip)
+        longest = max(longest, clip.frames)
+        if drift is not None:
+            drift.add(clip)
     summary = evaluation.summary()
     write_reports(out_dir, evaluation.rows, summary, cfg, inputs)
     for horizon, values in summary.items():
+        if values["clips_too_short"]:
+            log.warning("horizon %s is longer than %d of the clips (the longest has %d frames, %.3g s at fps %g): they are left out of it",
+                        horizon, values["clips_too_short"], longest, longest / cfg.fps, cfg.fps)
         log.info("%s: %s", horizon, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    if drift is not None:
+        write_drift(out_dir, drift.rows(), list(cfg.metrics.names))
     return evaluation.rows, summary
+
+
+def write_drift(out_dir: Path, rows: list[dict], names: Sequence[str]) -> None:
+    """``drift.csv`` (one row per window) and ``drift.png`` (each metric along the video)."""
+    if not rows:
+        log.warning("no clip is as long as one drift window: no drift curves")
+        return
+    write_csv(out_dir / "drift.csv", rows)
+    xs = [row["start_s"] for row in rows]
+    line_chart(out_dir / "drift.png", xs, {name: [row.get(name) for row in rows] for name in names if name in rows[0]},
+               "seconds into the video", f"drift: each metric per window of {rows[0]['stop_frame']} frames")
+    log.info("drift curves over %d windows in %s", len(rows), out_dir / "drift.csv")
 
 
 def run_evaluation(cfg: DictConfig, out_dir: Path, provenance: Mapping[str, Any] | None = None) -> tuple[list[dict], dict[str, dict[str, float]]]:

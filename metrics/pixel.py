@@ -70,6 +70,16 @@ class MaskedPSNR(MaskedFrameMetric):
     masked_value = staticmethod(masked_frame_psnr)
 
 
+class BackgroundPSNR(MaskedFrameMetric):
+    """PSNR outside the person mask: the static scene (EverAnimate's Finding 1: carry-over that degrades even static content)."""
+
+    name = "psnr_background"
+
+    def frame_values(self, generated, target, annotations) -> torch.Tensor:
+        """Per-frame PSNR over the pixels outside the mask."""
+        return masked_frame_psnr(generated, target, ~annotations.person_mask.bool())
+
+
 class FacePSNR(FrameMetric):
     """F-PSNR: PSNR inside the face box of the ground-truth keypoints (see :mod:`metrics.faces`).
 

@@ -23,7 +23,7 @@ from torchmetrics import Metric
 from metrics.base import ClipMetric
 from metrics.frechet import FID, FIDVID, FVD
 from metrics.perceptual import LPIPS
-from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, MaskedSSIM
+from metrics.pixel import PSNR, SSIM, BackgroundPSNR, FacePSNR, MaskedPSNR, MaskedSSIM
 from metrics.silhouette import SilhouetteIoU
 from metrics.video import ANNOTATIONS
 from metrics.vmae import VMAE
@@ -33,6 +33,7 @@ METRICS: dict[str, type[Metric]] = {
     "ssim": SSIM,
     "psnr_mask": MaskedPSNR,
     "ssim_mask": MaskedSSIM,
+    "psnr_background": BackgroundPSNR,
     "fpsnr": FacePSNR,
     "silhouette_iou": SilhouetteIoU,
     "lpips": LPIPS,

@@ -14,7 +14,8 @@ def _smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
         "data.batch_size=2", "data.num_workers=0", "data.val_samples=2", f"data.root={tmp}/data",
         "data.synthetic.train_identities=2", "data.synthetic.val_identities=1", "data.synthetic.test_identities=1",
         "data.synthetic.clips_per_identity=2", "data.synthetic.frames=9", "data.synthetic.size=64",
-        "data.synthetic.image_pairs_per_identity=1", f"paths.cache={tmp}/cache", "method.sampler.steps=2",
+        "data.synthetic.image_pairs_per_identity=1", "data.synthetic.long_clips=1", "data.synthetic.long_seconds=2",
+        f"paths.cache={tmp}/cache", "method.sampler.steps=2",
         "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={tmp}/vae",
     ]
 

@@ -271,6 +271,24 @@ def test_generate_animates_your_own_reference_and_driving_poses(workdir, conf, s
     assert no_pose.returncode != 0 and "reference_pose=FILE" in no_pose.stderr and "Traceback" not in no_pose.stderr
 
 
+def test_evaluate_scores_long_clips_at_horizons_with_drift_curves(workdir):
+    run = workdir / "run_everanimate"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the everanimate smoke run")
+    out = workdir / "long_eval"
+    args = [f"ckpt={run / 'last.ckpt'}", "kind=long", "num_clips=1", "sampler.steps=2", "rollout.chunk_frames=9", "horizons_s=[1,5]",
+            "logger=none", f"out={out}", "metrics.names=[psnr,psnr_background]"]
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["1s"]["clips"] == 1 and summary["full"]["clips"] == 1  # 2 s clips at 12 fps: 21 frames
+    assert summary["5s"]["clips"] == 0 and summary["5s"]["clips_too_short"] == 1 and "longer than 1 of the clips" in result.stdout + result.stderr
+    drift = (out / "drift.csv").read_text().splitlines()
+    assert drift[0].startswith("window,start_frame,stop_frame,start_s,clips") and len(drift) == 1 + 21 // 8  # one row per 8-frame chunk
+    assert (out / "drift.png").stat().st_size > 0
+    assert len(list((out / "clips" / "chunks" / "trained").glob("*/chunk-*.pt"))) == 3  # 9 + 8 + 4 frames, kept for a resume
+
+
 def test_generate_scores_image_pose_transfer_on_held_out_pairs(workdir):
     run = workdir / "run_onetoall"
     if not (run / "last.ckpt").exists():

@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from metrics.faces import face_boxes
-from metrics.pixel import PSNR, SSIM, FacePSNR, MaskedPSNR, MaskedSSIM, masked_frame_ssim, ssim_disco, ssim_gaussian
+from metrics.pixel import PSNR, SSIM, BackgroundPSNR, FacePSNR, MaskedPSNR, MaskedSSIM, masked_frame_ssim, ssim_disco, ssim_gaussian
 
 
 def textured(seed: int, shape=(2, 3, 4, 40, 48)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +142,18 @@ def test_masked_psnr_sees_only_the_mask_and_skips_empty_frames():
     assert result["skipped_frames"].item() == 1
     with pytest.raises(ValueError, match="person_mask"):
         MaskedPSNR().update(generated, target)
+
+
+def test_background_psnr_sees_only_the_pixels_outside_the_mask():
+    target = torch.zeros(1, 3, 2, 16, 16)
+    generated = target.clone()
+    generated[..., :8, :] = 0.5  # large error on the person
+    generated[..., 8:, :] = 0.01  # 40 dB on the scene
+    mask = torch.zeros(1, 2, 16, 16, dtype=torch.bool)
+    mask[:, :, :8, :] = True
+    metric = BackgroundPSNR()
+    metric.update(generated, target, person_mask=mask)
+    assert metric.compute()["psnr_background"].item() == pytest.approx(40.0, abs=1e-4)
 
 
 def test_masked_ssim_is_skimage_s_map_averaged_inside_the_mask():

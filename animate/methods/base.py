@@ -10,9 +10,9 @@ cumulative CFG, sampling, prediction, optimizers and small checkpoints.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,9 +22,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from animate.backbone import PackedInput, WanBackbone
-from animate.flow import euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
+from animate.flow import clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
+from animate.rollout import ChunkStore, RolloutConfig, roll_out
 
 PixelFn = Callable[[dict], Tensor]
 """batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
@@ -378,11 +379,17 @@ class AnimationSystem(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         """Generated clips (B, 3, T, H, W) in [-1, 1] of one batch, by :attr:`prediction`'s settings.
 
-        ``prediction["baseline"] = "repeat_reference"`` returns the reference frame repeated instead.
+        ``prediction["baseline"] = "repeat_reference"`` returns the reference frame repeated instead;
+        ``prediction["rollout"]`` (a :class:`animate.rollout.RolloutConfig`) generates chunk by chunk.
         """
         options = dict(self.prediction)
+        rollout, store_dir = options.pop("rollout", None), options.pop("store_dir", None)
         if options.pop("baseline") == "repeat_reference":
             video = batch["reference"][:, :, None].expand_as(batch["video"])
+        elif rollout is not None:  # long clips, chunk by chunk (finished chunks kept under store_dir/KEY for a resume)
+            cfg = rollout if isinstance(rollout, RolloutConfig) else RolloutConfig(**rollout)
+            store = None if store_dir is None else ChunkStore(Path(store_dir) / "+".join(batch["key"]), {"rollout": cfg, **options})
+            video = roll_out(self, batch, cfg, options, store)
         else:
             video = self.generate(batch, **options)
         return {"key": list(batch["key"]), "generated": video}
@@ -434,12 +441,6 @@ def with_context(seq: LatentSequence, context: Tensor) -> LatentSequence:
     clean[:, :, frames.start : frames.stop] = context.to(clean)
     generate[:, frames.start : frames.stop] = False
     return replace(seq, clean=clean, generate=generate)
-
-
-def clip_noise(shape: Sequence[int], keys: Sequence[str] | None, seed: int) -> Tensor:
-    """Starting noise (B, ...) drawn per clip from ``seed`` and the clip's key: the same however clips are batched or split over devices."""
-    names = list(keys) if keys is not None else [str(i) for i in range(shape[0])]
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(n.encode()))) for n in names])
 
 
 def keep_samples(x: Tensor, dropped: Tensor) -> Tensor:

@@ -1,0 +1,90 @@
+"""Drift curves: every metric per chunk along long videos, as a table and a line chart.
+
+A long video is cut into consecutive windows of ``frames`` frames (one generation chunk each,
+when the window is the rollout's chunk length); each window has its own :class:`MetricSuite`
+that every clip long enough to reach it updates, so a row is that window's metric over all clips.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from common.video import write_png
+from metrics.suite import MetricSuite
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
+
+
+class DriftCurves:
+    """Per-window suites along the clips: ``add(clip)``, then ``rows()``."""
+
+    def __init__(self, metrics_cfg: Mapping, frames: int, fps: float, device):
+        if frames < 1:
+            raise ValueError(f"drift_frames={frames}: a window needs at least one frame")
+        self.metrics_cfg, self.frames, self.fps, self.device = metrics_cfg, frames, fps, device
+        self.suites: list[MetricSuite] = []
+        self.clips: list[int] = []
+
+    def add(self, clip) -> None:
+        """Score each whole window of ``clip`` (a :class:`metrics.evaluation.Clip`); a last partial window is left out."""
+        for index in range(clip.frames // self.frames):
+            if index == len(self.suites):
+                self.suites.append(MetricSuite.from_config(self.metrics_cfg).to(self.device))
+                self.clips.append(0)
+            start = index * self.frames
+            part = clip.window(start, start + self.frames)
+            self.suites[index].update(
+                part.generated[None], part.target[None],
+                None if part.keypoints is None else part.keypoints[None],
+                None if part.person_mask is None else part.person_mask[None],
+                None if part.plate is None else part.plate[None],
+            )
+            self.clips[index] += 1
+
+    def rows(self) -> list[dict]:
+        """One row per window: its frames, start time, clip count and metrics."""
+        rows = []
+        for index, suite in enumerate(self.suites):
+            start = index * self.frames
+            values = {name: float(value) for name, value in suite.compute().items()}
+            rows.append({"window": index, "start_frame": start, "stop_frame": start + self.frames,
+                         "start_s": round(start / self.fps, 3), "clips": self.clips[index], **values})
+        return rows
+
+
+def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Sequence[float]], x_label: str,
+               title: str, size: tuple[int, int] = (720, 420)) -> Path:
+    """A PNG line chart of ``series`` (name -> values at ``xs``), each series on its own min-max scale with its range in the legend."""
+    width, height = size
+    left, right, top, bottom = 60, 20, 40, 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 12), title, fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline=(160, 160, 160))
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    span_x = (x1 - x0) or 1.0
+    for tick in np.linspace(x0, x1, 6):
+        x = left + (tick - x0) / span_x * (width - left - right)
+        draw.line([x, height - bottom, x, height - bottom + 4], fill="black")
+        draw.text((x - 10, height - bottom + 8), f"{tick:.3g}", fill="black")
+    draw.text(((width - left) // 2, height - 18), x_label, fill="black")
+    for number, (name, values) in enumerate(series.items()):
+        points = [(x, v) for x, v in zip(xs, values) if v is not None and math.isfinite(v)]
+        if not points:
+            continue
+        low, high = min(v for _, v in points), max(v for _, v in points)
+        span = (high - low) or 1.0
+        colour = COLOURS[number % len(COLOURS)]
+        pixels = [(left + (x - x0) / span_x * (width - left - right), height - bottom - (v - low) / span * (height - top - bottom - 10) - 5)
+                  for x, v in points]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        for px, py in pixels:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        draw.text((left + 8, top + 6 + 14 * number), f"{name}: {low:.3g} .. {high:.3g}", fill=colour)
+    return write_png(path, np.asarray(image))
