@@ -58,8 +58,12 @@ class DriftCurves:
 
 
 def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Sequence[float]], x_label: str,
-               title: str, size: tuple[int, int] = (720, 420)) -> Path:
-    """A PNG line chart of ``series`` (name -> values at ``xs``), each series on its own min-max scale with its range in the legend."""
+               title: str, shared_scale: bool = False, size: tuple[int, int] = (720, 420)) -> Path:
+    """A PNG line chart of ``series`` (name -> values at ``xs``).
+
+    ``shared_scale``: one y axis for all series (the same metric of several runs), with ticks;
+    otherwise each series on its own min-max scale, its range in the legend (several metrics).
+    """
     width, height = size
     left, right, top, bottom = 60, 20, 40, 50
     image = Image.new("RGB", size, "white")
@@ -73,11 +77,17 @@ def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Seque
         draw.line([x, height - bottom, x, height - bottom + 4], fill="black")
         draw.text((x - 10, height - bottom + 8), f"{tick:.3g}", fill="black")
     draw.text(((width - left) // 2, height - 18), x_label, fill="black")
+    finite = [v for values in series.values() for v in values if v is not None and math.isfinite(v)]
+    if shared_scale and finite:
+        for tick in np.linspace(min(finite), max(finite), 5):
+            y = height - bottom - (tick - min(finite)) / ((max(finite) - min(finite)) or 1.0) * (height - top - bottom - 10) - 5
+            draw.line([left - 4, y, left, y], fill="black")
+            draw.text((4, y - 6), f"{tick:.3g}", fill="black")
     for number, (name, values) in enumerate(series.items()):
         points = [(x, v) for x, v in zip(xs, values) if v is not None and math.isfinite(v)]
         if not points:
             continue
-        low, high = min(v for _, v in points), max(v for _, v in points)
+        low, high = (min(finite), max(finite)) if shared_scale else (min(v for _, v in points), max(v for _, v in points))
         span = (high - low) or 1.0
         colour = COLOURS[number % len(COLOURS)]
         pixels = [(left + (x - x0) / span_x * (width - left - right), height - bottom - (v - low) / span * (height - top - bottom - 10) - 5)
@@ -86,5 +96,6 @@ def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Seque
             draw.line(pixels, fill=colour, width=2)
         for px, py in pixels:
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
-        draw.text((left + 8, top + 6 + 14 * number), f"{name}: {low:.3g} .. {high:.3g}", fill=colour)
+        legend = name if shared_scale else f"{name}: {low:.3g} .. {high:.3g}"
+        draw.text((left + 8, top + 6 + 14 * number), legend, fill=colour)
     return write_png(path, np.asarray(image))

@@ -111,3 +111,27 @@ def test_long_video_seams_and_seam_jump():
     assert report["psnr_by_quarter"][0] > report["psnr_by_quarter"][3]  # the shifted second half scores lower
     smooth = seam_report(target.clone(), target, torch.ones(30, 8, 8, dtype=torch.bool), [17])
     assert abs(smooth["seam_jump"]) < 1e-6 and smooth["psnr"] > 60
+
+
+def test_drift_compares_rollouts_at_horizons_and_per_chunk(workdir, smoke_overrides, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.drift import main
+
+    run = workdir / "run_everanimate"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    fitted = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=everanimate", *smoke_overrides(workdir), f"hydra.run.dir={run}"],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    ckpt = run / "last.ckpt"
+    out = tmp_path / "drift.json"
+    report = main([f"latent={ckpt}:latent_carry", f"image={ckpt}:image_carry", "--seeds", "0", "1", "--horizons", "1",
+                   "--steps", "2", "--chunk-frames", "9", "--out", str(out)])
+    for label in ("latent", "image"):
+        entry = report["entries"][label]
+        assert set(entry["horizons"]) == {"full", "1s"} and entry["window_frames"] == 8
+        assert entry["horizons"]["1s"]["psnr_background"]["std"] >= 0 and len(entry["drift"]) == 21 // 8
+    assert out.is_file() and (tmp_path / "drift_psnr_background.png").is_file()
