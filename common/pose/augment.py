@@ -73,7 +73,9 @@ def enhance_face(driving: np.ndarray, donor: np.ndarray, threshold: float = 0.3)
         return driving, False
     offsets = driving[:, HEAD_POINTS, :2] - driving[:, nose : nose + 1, :2]  # (T, K, 2)
     visible = (driving[:, HEAD_POINTS, 2] > threshold) & (driving[:, nose : nose + 1, 2] > threshold)  # (T, K)
-    typical = np.nanmedian(np.where(visible[..., None], offsets, np.nan), axis=0)  # (K, 2), nan where never seen
+    seen = visible.any(0)  # (K,): points visible in some frame (a median over none is nan, without numpy's warning)
+    typical = np.full((len(HEAD_POINTS), 2), np.nan)
+    typical[seen] = np.nanmedian(np.where(visible[:, seen, None], offsets[:, seen], np.nan), axis=0)  # (K, 2), nan where never seen
     donor_offsets = (donor[HEAD_POINTS, :2] - donor[nose, :2]) * (driving_side / donor_side)  # (K, 2)
     shift = donor_offsets - typical
     movable = visible & (donor[HEAD_POINTS, 2] > threshold)[None] & np.isfinite(shift).all(-1)[None]  # (T, K)
