@@ -44,7 +44,8 @@ def test_continuation_cuts_the_clip_into_motion_memory_and_target():
     assert torch.equal(seq.clean[:, :, k : k + 1], video[:, :, 1:2])  # motion memory = latent frame 1
     assert torch.equal(seq.clean[:, :, k + 1 :], video[:, :, 2:])  # target = the rest
     first, _ = training_sequence(system, batch_with_views(), continuation=False)
-    assert torch.all(first.clean[:, :, k : k + 1] == 0)  # first chunk: the null motion memory
+    assert torch.all(first.clean[:, :, k : k + 1] == 0)  # first chunk: the null motion memory ...
+    assert torch.equal(first.clean[:, :, 1:k], first.clean[:, :, :1].expand(-1, -1, k - 1, -1, -1))  # ... and the reference alone
     assert first.clean.shape[2] == k + 1 + video.shape[2]
 
 

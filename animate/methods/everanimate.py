@@ -14,8 +14,9 @@ frame clean at t = 0 and out of the loss::
 - **Motion memory**: the last L_m latent frames of the previous chunk, reused without decoding
   and re-encoding. Training cuts one clip into memory and target: the latent frames
   ``1 : 1 + L_m`` are the memory and the rest the target; with ``first_chunk_probability`` the
-  memory is the null latent (zeros, as for the first chunk at inference) and the target the
-  whole clip. Stage 1 perturbs the memory (``motion_noise``).
+  draw is laid out as a long video's first chunk: the null motion memory (zeros), the reference
+  alone in every identity slot, and the whole clip as target. Stage 1 perturbs the memory
+  (``motion_noise``).
 - **Pose**: the pose video's latents through their own zero-initialised patch embedding, added
   to the target tokens (Wan2.2-Animate's ``pose_patch_embedding``; the transformer's own when it
   has one).
@@ -194,8 +195,9 @@ class EverAnimate(AnimationSystem):
                 motion, target, pose = video[:, :, 1:cut], video[:, :, cut:], pose[:, :, cut:]
                 perturbed = None if perturbed is None else perturbed[:, :, cut:]
                 motion = self.perturb_motion(motion)
-            else:
+            else:  # as the first chunk of a long video: no motion memory, and only the reference (the other views come from this chunk)
                 motion, target = video.new_zeros(b, c, self.motion_latents, h, w), video
+                identity = identity[:, :, :1].expand_as(identity)
         else:
             memory = batch.get("motion_memory")
             motion = identity.new_zeros(b, c, self.motion_latents, h, w) if memory is None else memory.to(identity)
