@@ -46,6 +46,7 @@ class PackedInput:
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool, True = may attend
     attention_kwargs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...): keyword inputs of every block's self-attention processor
     context: Tensor | None = None  # (B, S, text_dim) text embedding; default: the cached empty prompt
+    image_context: Tensor | None = None  # (B, S_img, image_dim) CLIP image features (Wan I2V / Animate), in front of the text
     block_hook: BlockHook | None = None  # a side branch that reads and updates the tokens after every block (ControlNet-style)
 
 
@@ -187,7 +188,8 @@ class WanBackbone(nn.Module):
         tokens = wan.patchify(self.transformer, x)
         b = packed.t.shape[0]
         context = packed.context if packed.context is not None else self.text_embedding.expand(b, -1, -1)
-        temb, modulation, context = wan.embed_conditions(self.transformer, packed.t, context.to(tokens.dtype))
+        image = None if packed.image_context is None else packed.image_context.to(tokens.dtype)
+        temb, modulation, context = wan.embed_conditions(self.transformer, packed.t, context.to(tokens.dtype), image)
         return tokens, temb, modulation, context
 
     @torch.no_grad()
@@ -351,9 +353,9 @@ def encode_prompt(text_encoder: str, prompt: str, length: int) -> Tensor:
     return hidden * tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
 
 
-def build_transformer(**config) -> nn.Module:
-    """A randomly initialised diffusers WanTransformer3DModel from keyword config."""
-    return wan.new_transformer(**config)
+def build_transformer(kind: str = "wan", **config) -> nn.Module:
+    """A randomly initialised diffusers WanTransformer3DModel (``kind="wan"``) or WanAnimateTransformer3DModel (``"animate"``) from keyword config."""
+    return wan.new_transformer(kind, **config)
 
 
 @torch.no_grad()
@@ -414,9 +416,9 @@ def load_backbone(
 ) -> WanBackbone:
     """Build the backbone from config: local weights (``path``) or a seeded random ``architecture``.
 
-    transformer: ``path`` (diffusers dir or original Wan file/dir), ``config`` (diffusers config dir,
-      needed for the original layout), ``architecture`` (kwargs of WanTransformer3DModel, used when
-      ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
+    transformer: ``path`` (diffusers dir or original Wan file/dir; a WanAnimateTransformer3DModel
+      config loads Wan2.2-Animate), ``config`` (diffusers config dir, needed for the original layout),
+      ``kind`` (``wan`` or ``animate``) and ``architecture`` (its kwargs, used when ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
     vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE).
     text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
     prediction: what the network outputs, ``velocity`` (Wan) or ``sample`` (x0); a property of the
@@ -429,7 +431,7 @@ def load_backbone(
         check_prediction(resolve_path(transformer["path"]), prediction)
         model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config")).train()  # as built: from_pretrained returns eval mode
     else:
-        model = build_transformer(**transformer["architecture"])
+        model = build_transformer(transformer.get("kind", "wan"), **transformer["architecture"])
     pretrained = {name for name, _ in model.named_parameters()} if transformer.get("path") else set()
     if transformer.get("in_channels") and transformer["in_channels"] != model.config.in_channels:
         expand_patch_embedding(model, transformer["in_channels"])

@@ -58,14 +58,40 @@ def patchify_dtype(model: nn.Module) -> torch.dtype:
     return model.patch_embedding.weight.dtype
 
 
-def embed_conditions(model: nn.Module, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def embed_conditions(model: nn.Module, t: Tensor, context: Tensor, image: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-frame time t (B, F) in [0, 1] and text (B, S, text_dim) -> temb (B, F, D), modulation (B, F, 6, D), context (B, S, D).
 
     Uses the condition embedder's per-token path (Wan2.2 ``timestep_seq_len``), once per frame.
+    ``image`` (B, S_img, image_dim): CLIP image features (Wan I2V / Animate), embedded and put in front of the text.
     """
     b, f = t.shape
-    temb, timestep_proj, context, _ = model.condition_embedder(t.flatten() * TIMESTEP_SCALE, context, None, timestep_seq_len=f)
+    temb, timestep_proj, context, image = model.condition_embedder(t.flatten() * TIMESTEP_SCALE, context, image, timestep_seq_len=f)
+    if image is not None:
+        context = torch.cat([image, context], dim=1)
     return temb, timestep_proj.unflatten(2, (6, -1)).float(), context
+
+
+def is_animate(model: nn.Module) -> bool:
+    """Whether a transformer is Wan2.2-Animate's (pose patch embedding, face adapter)."""
+    return hasattr(model, "face_adapter") and hasattr(model, "motion_encoder")
+
+
+def face_motion(model: nn.Module, face_pixels: Tensor) -> Tensor:
+    """Wan-Animate's face motion tokens (B, T', N + 1, D) of face crops (B, 3, S, size, size) in [-1, 1]: motion encoder, then face encoder (4x fewer frames)."""
+    b, c, s, h, w = face_pixels.shape
+    frames = face_pixels.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w)
+    vectors = torch.cat([model.motion_encoder(chunk) for chunk in frames.split(model.config.motion_encoder_batch_size)])
+    return model.face_encoder(vectors.view(b, s, -1))
+
+
+def face_adapter_every(model: nn.Module) -> int:
+    """After which blocks Wan-Animate's face adapter runs: block i with i % every == 0."""
+    return model.config.inject_face_latents_blocks
+
+
+def face_adapter_output(model: nn.Module, index: int, hidden_states: Tensor, motion: Tensor) -> Tensor:
+    """The face adapter's update after block ``index`` (a multiple of :func:`face_adapter_every`) for tokens (B, L, D) and motion (B, F, N + 1, D)."""
+    return model.face_adapter[index // face_adapter_every(model)](hidden_states, motion)
 
 
 def block_modulation(block: nn.Module, modulation: Tensor) -> tuple[Tensor, ...]:
@@ -177,12 +203,18 @@ def patch_size(model: nn.Module) -> tuple[int, int, int]:
     return tuple(model.config.patch_size)
 
 
-def new_transformer(**config) -> nn.Module:
-    """A randomly initialised WanTransformer3DModel from keyword config."""
-    from diffusers import WanTransformer3DModel
+def new_transformer(kind: str = "wan", **config) -> nn.Module:
+    """A randomly initialised WanTransformer3DModel (``kind="wan"``) or WanAnimateTransformer3DModel (``"animate"``) from keyword config."""
+    from diffusers import WanAnimateTransformer3DModel, WanTransformer3DModel
 
+    classes = {"wan": WanTransformer3DModel, "animate": WanAnimateTransformer3DModel}
+    if kind not in classes:
+        raise ValueError(f"backbone.transformer.kind={kind!r}: use one of {', '.join(classes)}")
     config = {k: tuple(v) if isinstance(v, list) and k == "patch_size" else v for k, v in config.items()}
-    return WanTransformer3DModel(**config)
+    if kind == "animate" and config.get("num_layers", 40) % config.get("inject_face_latents_blocks", 5):
+        raise ValueError(f"an Animate transformer needs num_layers ({config.get('num_layers')}) to be a multiple of "
+                         f"inject_face_latents_blocks ({config.get('inject_face_latents_blocks', 5)}): one face adapter per group of blocks")
+    return classes[kind](**config)
 
 
 def set_in_channels(transformer: nn.Module, patch_embedding: nn.Conv3d) -> None:

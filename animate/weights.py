@@ -25,7 +25,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -63,6 +63,15 @@ TRANSFORMER = _Family(
     config_hint="the transformer/ folder of a Wan-AI *-Diffusers repository",
     to_diffusers=lambda state_dict: convert_wan_transformer_to_diffusers(dict(state_dict)),
 )
+ANIMATE = _Family(
+    model_cls=WanAnimateTransformer3DModel,
+    what="Wan2.2-Animate transformer",
+    original_keys=("head.head.weight", "blocks.0.self_attn.q.weight"),
+    diffusers_keys=("proj_out.weight", "blocks.0.attn1.to_q.weight"),
+    weight_globs=(INDEX_NAME, "diffusion_pytorch_model*.safetensors"),
+    config_hint="the transformer/ folder of Wan-AI/Wan2.2-Animate-14B-Diffusers",
+    to_diffusers=lambda state_dict: convert_wan_transformer_to_diffusers(dict(state_dict)),  # knows the motion encoder and face adapter keys
+)
 VAE = _Family(
     model_cls=AutoencoderKLWan,
     what="Wan VAE",
@@ -77,8 +86,16 @@ VAE = _Family(
 def load_transformer(
     path: str | Path, config: str | Path | None = None, torch_dtype: torch.dtype | None = None
 ) -> WanTransformer3DModel:
-    """Load a Wan transformer from a local diffusers directory or original-layout file/directory."""
-    return _load(TRANSFORMER, Path(path), config, torch_dtype)
+    """Load a Wan transformer (or Wan2.2-Animate's, by the config's class) from a local diffusers directory or original-layout file/directory."""
+    return _load(_transformer_family(Path(path), config), Path(path), config, torch_dtype)
+
+
+def _transformer_family(path: Path, config: str | Path | None) -> _Family:
+    """ANIMATE when the config in use (``config``, else the one beside the weights) declares WanAnimateTransformer3DModel."""
+    file = Path(config) / CONFIG_NAME if config is not None and Path(config).is_dir() else Path(config) if config is not None else path / CONFIG_NAME
+    if file.is_file() and _config_class(file) == WanAnimateTransformer3DModel.__name__:
+        return ANIMATE
+    return TRANSFORMER
 
 
 def load_vae(
@@ -91,6 +108,8 @@ def load_vae(
 def to_original_layout(model: nn.Module) -> StateDict:
     """The model's state dict under original Wan keys (exact inverse of diffusers' conversion)."""
     family = _family_of(model)
+    if family is ANIMATE:
+        raise ValueError("writing a Wan2.2-Animate transformer in the original layout is not supported; save_diffusers writes it in the diffusers layout")
     state_dict = model.state_dict()
     if family is TRANSFORMER:
         original = {_transformer_key_to_original(key): value for key, value in state_dict.items()}
@@ -312,10 +331,10 @@ def _check_shapes(family: _Family, found: Shapes, config_file: Path, path: Path)
 
 def _family_of(model: nn.Module) -> _Family:
     """The family a model instance belongs to."""
-    for family in (TRANSFORMER, VAE):
+    for family in (TRANSFORMER, ANIMATE, VAE):
         if isinstance(model, family.model_cls):
             return family
-    raise TypeError(f"expected a WanTransformer3DModel or AutoencoderKLWan, got {type(model).__name__}")
+    raise TypeError(f"expected a WanTransformer3DModel, WanAnimateTransformer3DModel or AutoencoderKLWan, got {type(model).__name__}")
 
 
 # diffusers -> original Wan transformer keys, applied in order (inverse of diffusers' rename table)

@@ -40,6 +40,42 @@ def test_matches_diffusers_forward_with_uniform_time(backbone):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+ANIMATE_ARCH = dict(
+    patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16, out_channels=16,
+    text_dim=16, freq_dim=32, ffn_dim=32, num_layers=4, rope_max_seq_len=32, motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
+    motion_encoder_size=16, motion_style_dim=8, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+    face_encoder_num_heads=2, inject_face_latents_blocks=2, motion_encoder_batch_size=4,
+)
+
+
+@pytest.mark.parametrize("image_dim", [None, 8])
+def test_animate_backbone_matches_diffusers_wan_animate_forward(image_dim):
+    from animate.modules.face_adapter import FaceAdapterHook, face_motion_tokens
+
+    torch.manual_seed(0)
+    model = build_transformer("animate", **ANIMATE_ARCH, image_dim=image_dim).eval()
+    backbone = WanBackbone(model, None, torch.randn(1, 5, 16))
+    b, f, h, w = 2, 3, 8, 8  # a reference slot and 3 frames of 16 channels, the I2V-style y on 20 more
+    noisy, y = torch.randn(b, 16, f + 1, h, w), torch.randn(b, 20, f + 1, h, w)
+    pose, faces = torch.randn(b, 16, f, h, w), torch.rand(b, 3, 4 * (f - 1) + 1, 16, 16) * 2 - 1
+    text, image = torch.randn(b, 4, 16), None if image_dim is None else torch.randn(b, 3, image_dim)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        pose_tokens = model.pose_patch_embedding(pose).flatten(2).transpose(1, 2)  # (B, 3 * 16, D): every frame but the slot
+        ours = backbone(PackedInput(
+            noisy, t[:, None].expand(b, f + 1), channel_cond=y, context=text, image_context=image,
+            injections={-1: torch.cat([torch.zeros_like(pose_tokens[:, : h * w // 4]), pose_tokens], dim=1)},
+            block_hook=FaceAdapterHook(model, face_motion_tokens(model, faces, lead_frames=1)),
+        ))
+        ref = model(torch.cat([noisy, y], dim=1), t * 1000, text, image, pose, faces, return_dict=False)[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_an_animate_transformer_needs_whole_groups_of_blocks_per_face_adapter():
+    with pytest.raises(ValueError, match="multiple of inject_face_latents_blocks"):
+        build_transformer("animate", **(ANIMATE_ARCH | {"num_layers": 5}))
+
+
 def test_sample_prediction_turns_the_network_output_into_a_velocity(backbone):
     latents, t = torch.randn(2, 4, 3, 8, 8), torch.tensor([[0.2, 0.5, 0.9], [0.0, 0.4, 1.0]])
     sampling = WanBackbone(backbone.transformer, None, backbone.text_embedding, prediction="sample", prediction_min_time=0.1)

@@ -105,6 +105,21 @@ def test_transformer_diffusers_layout_round_trip(transformer, tmp_path):
     assert torch.equal(_transformer_outputs(transformer), _transformer_outputs(reloaded))
 
 
+def test_wan_animate_diffusers_layout_loads_as_an_animate_transformer(tmp_path):
+    from test_backbone import ANIMATE_ARCH
+
+    from animate.backbone import build_transformer, load_backbone
+
+    torch.manual_seed(0)
+    animate = build_transformer("animate", **ANIMATE_ARCH).eval()
+    path = save_diffusers(animate, tmp_path / "animate")
+    reloaded = load_transformer(path)
+    assert type(reloaded).__name__ == "WanAnimateTransformer3DModel"
+    _assert_same_weights(animate, reloaded)
+    backbone = load_backbone({"path": str(path)})
+    assert type(backbone.transformer).__name__ == "WanAnimateTransformer3DModel" and backbone.in_channels == 36
+
+
 def test_transformer_original_layout_round_trip(transformer, tmp_path):
     file = save_original_layout(transformer, tmp_path / "wan" / "diffusion_pytorch_model.safetensors")
     config_dir = save_diffusers(transformer, tmp_path / "diffusers")
