@@ -370,6 +370,39 @@ def widened_patch_embedding(source: nn.Conv3d, in_channels: int) -> nn.Conv3d:
     return layer
 
 
+ANIMATE_FROM_BASE_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "text_dim", "freq_dim", "ffn_dim", "num_layers",
+                          "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len")
+
+
+@torch.no_grad()
+def animate_from_base(base: nn.Module, **animate: object) -> tuple[nn.Module, set[str]]:
+    """A WanAnimateTransformer3DModel that starts as a T2V ``base``: its blocks, embedders and head copied, and the set of copied keys.
+
+    The patch embedding is widened to Animate's 2C + 4 input channels (the added ones at zero);
+    the pose patch embedding and every face adapter's output start at zero, so at initialisation
+    the Animate model's velocity is the base's. ``animate``: the Animate-only settings (motion and
+    face encoder sizes, ``inject_face_latents_blocks``, ``image_dim``).
+    """
+    latent = base.config.in_channels
+    config = {key: base.config[key] for key in ANIMATE_FROM_BASE_KEYS} | {"in_channels": 2 * latent + 4, "latent_channels": latent,
+                                                                         "out_channels": base.config.out_channels, "image_dim": None} | animate
+    model = build_transformer("animate", **config).to(base.patch_embedding.weight)
+    state = dict(base.state_dict())
+    state["patch_embedding.weight"] = widened_patch_embedding(base.patch_embedding, 2 * latent + 4).weight
+    target = model.state_dict()
+    shared = {key: value for key, value in state.items() if key in target and target[key].shape == value.shape}
+    skipped = sorted(set(state) - set(shared))
+    if skipped:
+        raise ValueError(f"the base's weights {skipped[:3]} do not fit the Animate transformer: keep its architecture keys")
+    model.load_state_dict(shared, strict=False)
+    nn.init.zeros_(model.pose_patch_embedding.weight)
+    nn.init.zeros_(model.pose_patch_embedding.bias)
+    for adapter in model.face_adapter:
+        nn.init.zeros_(adapter.to_out.weight)
+        nn.init.zeros_(adapter.to_out.bias)
+    return model, set(shared) - {"patch_embedding.weight"}
+
+
 def expand_patch_embedding(transformer: nn.Module, in_channels: int) -> nn.Module:
     """Widen the patch embedding to ``in_channels``; new input channels start at zero."""
     if transformer.patch_embedding.in_channels != in_channels:
@@ -433,6 +466,8 @@ def load_backbone(
     else:
         model = build_transformer(transformer.get("kind", "wan"), **transformer["architecture"])
     pretrained = {name for name, _ in model.named_parameters()} if transformer.get("path") else set()
+    if transformer.get("kind") == "animate" and not wan.is_animate(model):  # Animate grown from a T2V base (the tiny default)
+        model, pretrained = animate_from_base(model, **dict(transformer.get("animate") or {}))
     if transformer.get("in_channels") and transformer["in_channels"] != model.config.in_channels:
         expand_patch_embedding(model, transformer["in_channels"])
         pretrained -= {"patch_embedding.weight"}  # partly new: its added input channels start at zero

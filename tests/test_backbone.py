@@ -71,6 +71,22 @@ def test_animate_backbone_matches_diffusers_wan_animate_forward(image_dim):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_an_animate_transformer_grown_from_a_base_starts_as_the_base(backbone):
+    from animate.backbone import animate_from_base
+
+    base = build_transformer(**(ARCH | {"in_channels": 16, "out_channels": 16})).eval()
+    animate_cfg = {k: v for k, v in ANIMATE_ARCH.items() if k.startswith(("motion_", "face_", "inject_"))}
+    model, copied = animate_from_base(base, **animate_cfg)
+    model.eval()
+    assert "blocks.0.attn1.to_q.weight" in copied and "pose_patch_embedding.weight" not in copied
+    latents, t = torch.randn(1, 16, 3, 8, 8), torch.tensor([0.6])
+    with torch.no_grad():
+        ref = base(latents, t * 1000, backbone.text_embedding).sample
+        ours = model(torch.cat([latents, torch.randn(1, 20, 3, 8, 8)], dim=1), t * 1000, backbone.text_embedding, None,
+                     torch.randn(1, 16, 2, 8, 8), torch.rand(1, 3, 5, 16, 16) * 2 - 1, return_dict=False)[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)  # the new channels, pose and faces add nothing yet
+
+
 def test_an_animate_transformer_needs_whole_groups_of_blocks_per_face_adapter():
     with pytest.raises(ValueError, match="multiple of inject_face_latents_blocks"):
         build_transformer("animate", **(ANIMATE_ARCH | {"num_layers": 5}))
