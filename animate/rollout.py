@@ -40,6 +40,7 @@ from common.files import atomic_torch_save
 
 STRATEGIES = ("independent", "image_carry", "token_replace", "latent_carry", "sliding_window")
 STATIC_KEYS = ("reference", "reference_pose", "reference_mask", "reference_keypoints", "reference_views")
+FRAME_KEYS = {"pose": 2, "driving": 2, "keypoints": 1}  # per-frame inputs a chunk slices (key: its time dimension)
 TOKEN_REPLACE_FRAMES = 5  # One-to-All: the last 5 frames of the previous segment = 2 latent frames
 
 
@@ -177,13 +178,23 @@ def plan_chunks(total: int, cfg: RolloutConfig, memory_latents: int | None) -> l
 
 
 def chunk_batch(batch: dict, chunk: Chunk) -> dict:
-    """The inference batch of one chunk: the static inputs, its poses (padded with the last), its own noise key."""
-    poses = batch["pose"][:, :, chunk.pose_start : chunk.pose_stop]
-    pad = chunk.pose_frames - poses.shape[2]
-    poses = torch.cat([poses, poses[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2) if pad else poses
-    keys = batch.get("key") or [str(i) for i in range(poses.shape[0])]
+    """The inference batch of one chunk: the static inputs, its per-frame inputs (padded with the last frame), its own noise key."""
     part = {name: batch[name] for name in STATIC_KEYS if name in batch}
-    return part | {"pose": poses, "key": [f"{key}#chunk{chunk.index}" for key in keys]}
+    for name, dim in FRAME_KEYS.items():
+        if batch.get(name) is not None:
+            part[name] = frames_of(batch[name], dim, chunk.pose_start, chunk.pose_stop, chunk.pose_frames)
+    keys = batch.get("key") or [str(i) for i in range(batch["pose"].shape[0])]
+    return part | {"key": [f"{key}#chunk{chunk.index}" for key in keys]}
+
+
+def frames_of(x: Tensor, dim: int, start: int, stop: int, frames: int) -> Tensor:
+    """``x``'s frames ``start:stop`` along ``dim``, padded to ``frames`` by repeating the last."""
+    part = x.narrow(dim, start, stop - start)
+    pad = frames - part.shape[dim]
+    if not pad:
+        return part
+    last = part.narrow(dim, part.shape[dim] - 1, 1)
+    return torch.cat([part, last.expand(*[pad if d == dim else -1 for d in range(x.ndim)])], dim=dim)
 
 
 # ----------------------------------------------------------------------------- rollouts

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -122,7 +123,7 @@ def animate_custom(cfg: DictConfig) -> Path:
     system, run_cfg, _ = load_run(cfg.ckpt)
     rollout = long_rollout(system, cfg)
     image, reference_keypoints = load_reference(cfg)
-    driving, source, _ = load_driving(cfg)
+    driving, source, driving_frames = load_driving(cfg)
     compression = system.backbone.compression
     size, scale = output_size(source, int(run_cfg.data.resolution), compression.token_space)
     driving = driving.copy()
@@ -144,8 +145,11 @@ def animate_custom(cfg: DictConfig) -> Path:
         "reference_mask": torch.from_numpy(translation.mask).float()[None, None],  # (1, 1, H, W), 1 = padded
         "reference_keypoints": torch.from_numpy(translation.keypoints)[None],
         "pose": pose_to_tensor(poses)[None],  # (1, 3, T, H, W)
+        "keypoints": torch.from_numpy(driving).float()[None],  # (1, T, 133, 3) in the output frame
         "key": [f"{Path(cfg.reference).stem}__{Path(cfg.driving).stem}"],
     }
+    if driving_frames is not None:  # the driving video itself, for methods that read it (Wan-Animate's face crops)
+        batch["driving"] = F.interpolate(pose_to_tensor(driving_frames)[None], size=(len(driving_frames), height, width), mode="trilinear")
     options = {name: cfg.sampler[name] for name in ("steps", "shift", "seed") if cfg.sampler.get(name) is not None}
     if cfg.sampler.get("guidance") is not None:
         options["guidance"] = list(cfg.sampler.guidance)

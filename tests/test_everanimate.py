@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from animate.methods.base import AnimationSystem
-from animate.methods.everanimate import augment_views
+from animate.methods.everanimate import augment_views, face_crops
 from animate.restorative_flow import DriftPerturbation, restoration_coefficient, restorative_target
 
-from tiny_systems import everanimate, fake_batch
+from tiny_systems import everanimate, everanimate_on_animate, face_keypoints, fake_batch
 
 
 def batch_with_views(b=2, t=9, views=1):
@@ -148,3 +148,34 @@ def test_settings_that_cannot_work_are_rejected():
         everanimate(restorative=dict(form="other"))
     with pytest.raises(ValueError, match="identity_views"):
         everanimate(identity_views=0)
+
+
+def with_faces(batch):
+    """Per-frame keypoints with a face in every frame."""
+    b, _, t, h, w = batch["pose"].shape
+    return batch | {"keypoints": face_keypoints(b, h, w)[:, None].expand(b, t, 133, 3).clone()}
+
+
+def test_on_an_animate_backbone_memory_enters_y_and_faces_drive_the_face_adapter():
+    system = everanimate_on_animate()
+    batch = with_faces(batch_with_views())
+    seq, latents = training_sequence(system, batch)
+    n = system.context_frames
+    assert seq.channel_cond.shape[1] == 20 and torch.all(seq.channel_cond[:, :4, :n] == 1) and torch.all(seq.channel_cond[:, :, n:] == 0)
+    torch.testing.assert_close(seq.channel_cond[:, 4:, :n], seq.clean[:, :, :n])
+    assert seq.face_motion.shape[:2] == (2, seq.clean.shape[2]) and torch.all(seq.face_motion[:, :n] == 0)
+    loss = system.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and system.backbone.transformer.face_adapter[0].to_out.weight.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_face_crops_follow_the_face_box_and_are_zero_without_a_face():
+    frames = torch.zeros(1, 3, 2, 32, 32)
+    frames[:, :, :, 4:12, 10:18] = 1.0  # a bright face square
+    keypoints = torch.zeros(1, 2, 133, 3)
+    keypoints[0, 0, 23:91] = torch.tensor([14.0, 8.0, 1.0])
+    keypoints[0, 0, 23, :2], keypoints[0, 0, 24, :2] = torch.tensor([11.0, 5.0]), torch.tensor([17.0, 11.0])
+    crops = face_crops(frames, keypoints, size=8)
+    assert crops.shape == (1, 3, 2, 8, 8) and crops[0, :, 0].mean() > 0.5
+    assert torch.all(crops[0, :, 1] == 0)  # no face points in frame 1

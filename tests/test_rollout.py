@@ -7,7 +7,7 @@ import torch
 from animate.rollout import ChunkStore, RolloutConfig, plan_chunks, roll_out, rollout_config
 from common.video import Mp4Stream, decode_video
 
-from tiny_systems import everanimate, fake_batch, frameprompt, unianimate
+from tiny_systems import everanimate, everanimate_on_animate, face_keypoints, fake_batch, frameprompt, unianimate
 
 
 def long_batch(frames=29, b=1):
@@ -53,6 +53,20 @@ def test_latent_carry_passes_the_previous_latents_bit_for_bit_without_the_vae():
     # the first chunk: its poses, the reference, then the frozen identity memory; after it each chunk
     # encodes only its own poses (1 + 4 L_m + 8 frames), never a generated frame
     assert [shape[2] for shape in encoded] == [9, 1, 1, 13, 13, 9]
+
+
+@torch.no_grad()
+def test_chunks_slice_the_driving_frames_and_keypoints_with_the_poses():
+    system = everanimate_on_animate().eval()
+    batch = long_batch(21)
+    batch["driving"] = torch.rand(1, 3, 21, 32, 32) * 2 - 1
+    batch["keypoints"] = face_keypoints(1, 32, 32)[:, None].expand(1, 21, 133, 3).clone()
+    seen = []
+    sample = system.sample_latents
+    system.sample_latents = lambda part, **kw: seen.append((part["pose"].shape[2], part["driving"].shape[2], part["keypoints"].shape[1])) or sample(part, **kw)
+    video = roll_out(system, batch, rollout_config(system, {"chunk_frames": 9}), progress=False)
+    assert video.shape == (1, 3, 21, 32, 32)
+    assert all(p == d == k for p, d, k in seen) and [p for p, _, _ in seen] == [9, 13, 9]  # continuation chunks lead by 1 + 4 L_m frames
 
 
 @torch.no_grad()

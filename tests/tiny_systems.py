@@ -86,3 +86,18 @@ def onetoall(**kw):
 def everanimate(**kw):
     """A tiny EverAnimate (K = 2 identity views, L_m = 1) without CFG."""
     return EverAnimate(tiny_backbone(16), ADAMW, **(dict(sampler=dict(steps=2, guidance=[]), identity_views=2) | kw))
+
+
+ANIMATE_EXTRAS = dict(motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8}, motion_encoder_size=16, motion_style_dim=8, motion_dim=4,
+                      motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2, inject_face_latents_blocks=2,
+                      motion_encoder_batch_size=8)
+
+
+def everanimate_on_animate(**kw):
+    """A tiny EverAnimate on a Wan2.2-Animate transformer grown from the tiny random base."""
+    from animate.backbone import animate_from_base
+
+    base = tiny_backbone(16)
+    transformer, _ = animate_from_base(base.transformer, **ANIMATE_EXTRAS)
+    backbone = WanBackbone(transformer, base.vae, base.text_embedding)
+    return EverAnimate(backbone, ADAMW, **(dict(sampler=dict(steps=2, guidance=[]), identity_views=2) | kw))

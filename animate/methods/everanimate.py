@@ -22,6 +22,12 @@ frame clean at t = 0 and out of the loss::
   has one).
 - **Restorative flow matching** (:mod:`animate.restorative_flow`) replaces the flow pair when
   ``restorative.enabled``: the target chunk's pixels perturbed and encoded give ``x0~``.
+
+On a Wan2.2-Animate backbone (``backbone=tiny_animate``, ``wan22_animate_14b``) the memory also
+enters Animate's channel conditioning (``y``: a 4-channel mask, 1 on memory frames, and the
+memory latents; zeros on the target), the pose goes through the transformer's own
+``pose_patch_embedding``, and face crops of the driving frames (the 68 face points' box, area
+x 1.3, squared) drive the face adapter (:mod:`animate.modules.face_adapter`).
 """
 
 from __future__ import annotations
@@ -31,11 +37,17 @@ from dataclasses import dataclass
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
+from animate import diffusers_wan as wan
 from animate.backbone import WanBackbone
 from animate.flow import interpolate
 from animate.methods.base import AnimationSystem, FlowPair, LatentSequence, PixelFn, pose_pixels, video_pixels
+from animate.modules.face_adapter import FaceAdapterHook, face_motion_tokens
 from animate.restorative_flow import DriftPerturbation, check_bell, restoration_coefficient, restorative_target
+from common.pose.layout import face_box
+
+ANIMATE_MASK_CHANNELS = 4  # Wan-Animate's y: 4 mask channels (the pixel mask folded by the VAE's 4x time) + the condition latents
 
 
 @dataclass
@@ -43,6 +55,7 @@ class EverAnimateSequence(LatentSequence):
     """A latent sequence with the perturbed target for restorative flow matching."""
 
     perturbed: Tensor | None = None  # (B, C, F, h, w): x0~ on the target frames, x0 elsewhere; None = no restoration
+    face_motion: Tensor | None = None  # (B, F, N + 1, D): Wan-Animate's face motion tokens per latent frame (zeros on memory frames)
 
 
 def identity_pixels(batch: dict) -> Tensor:
@@ -56,6 +69,20 @@ def identity_views(batch: dict) -> Tensor:
     reference = batch["reference"][:, None]
     extra = batch.get("reference_views")
     return reference if extra is None else torch.cat([reference, extra.to(reference)], dim=1)
+
+
+def face_crops(frames: Tensor, keypoints: Tensor, size: int, area_scale: float = 1.3, threshold: float = 0.3) -> Tensor:
+    """Square face crops (B, 3, T, size, size) of frames (B, 3, T, H, W) around the 68 face points of keypoints (B, T, 133, 3); zeros without a face."""
+    b, _, t, height, width = frames.shape
+    boxes, _ = face_box(keypoints.detach().cpu().numpy().reshape(b * t, 133, 3), threshold)  # (B*T, 4) x0, y0, x1, y1
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    centre, side = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).amax(dim=1, keepdim=True) * area_scale**0.5
+    found = side[:, 0] > 1
+    squares = torch.cat([centre - side / 2, centre + side / 2], dim=1).to(frames)
+    rois = torch.cat([torch.arange(b * t, device=frames.device, dtype=frames.dtype)[:, None], squares], dim=1)
+    flat = frames.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W)
+    crops = roi_align(flat.float(), rois.float(), output_size=size, aligned=True) * found.to(frames)[:, None, None, None]
+    return crops.to(frames.dtype).unflatten(0, (b, t)).transpose(1, 2)
 
 
 def perturbed_video_pixels(perturbation: DriftPerturbation) -> PixelFn:
@@ -213,14 +240,42 @@ class EverAnimate(AnimationSystem):
         loss_weight[:, :, n:] *= self.region_weight(batch, (h, w))[:, :, -f:]
         pose_tokens = self.pose_tokens(pose)  # (B, L_target, D)
         context_tokens = pose_tokens.new_zeros(b, pose_tokens.shape[1] // f * n, pose_tokens.shape[2])
+        animate = wan.is_animate(self.backbone.transformer)
         return EverAnimateSequence(
             clean=clean,
             generate=generate,
             loss_weight=loss_weight,
             target=slice(n, n + f),
             injections={-1: torch.cat([context_tokens, pose_tokens], dim=1)},
+            channel_cond=self.memory_condition(clean, n) if animate else None,
             perturbed=None if perturbed is None else torch.cat([clean[:, :, :n], perturbed.to(clean)], dim=2),
+            face_motion=self.face_motion(batch, n, f) if animate else None,
         )
+
+    def memory_condition(self, clean: Tensor, n: int) -> Tensor:
+        """Wan-Animate's channel conditioning (B, 4 + C, F, h, w): mask 1 and the clean latents on the n memory frames, zeros on the target."""
+        b, c, frames, h, w = clean.shape
+        known = torch.zeros(b, ANIMATE_MASK_CHANNELS + c, frames, h, w, dtype=clean.dtype, device=clean.device)
+        known[:, :ANIMATE_MASK_CHANNELS, :n] = 1
+        known[:, ANIMATE_MASK_CHANNELS:, :n] = clean[:, :, :n]
+        return known
+
+    def face_motion(self, batch: dict, n: int, f: int) -> Tensor | None:
+        """Face motion tokens (B, n + f, N + 1, D): zeros on the memory frames, then the target frames' (None without driving frames and keypoints)."""
+        frames = batch.get("driving", batch.get("video"))
+        if frames is None or batch.get("keypoints") is None:
+            return None
+        transformer = self.backbone.transformer
+        crops = face_crops(frames, batch["keypoints"], transformer.config.motion_encoder_size)
+        motion = face_motion_tokens(transformer, crops, lead_frames=0)  # (B, latent frames of the clip, N + 1, D)
+        return torch.cat([motion.new_zeros(motion.shape[0], n, *motion.shape[2:]), motion[:, -f:]], dim=1)
+
+    def forward(self, seq: EverAnimateSequence, latents: Tensor, t: Tensor) -> Tensor:
+        """The backbone's velocity; on an Animate backbone with face motion, its face adapter runs after every n-th block."""
+        packed = seq.packed(latents, t)
+        if seq.face_motion is not None:
+            packed.block_hook = FaceAdapterHook(self.backbone.transformer, seq.face_motion)
+        return self.backbone(packed)
 
     def perturb_motion(self, motion: Tensor) -> Tensor:
         """Stage 1's motion-memory perturbation: noised to a flow time drawn in [0, motion_noise] per clip."""
