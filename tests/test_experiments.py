@@ -289,6 +289,23 @@ def test_evaluate_scores_long_clips_at_horizons_with_drift_curves(workdir):
     assert len(list((out / "clips" / "chunks" / "trained").glob("*/chunk-*.pt"))) == 3  # 9 + 8 + 4 frames, kept for a resume
 
 
+def test_everanimate_at_real_scale_config_trains_on_a_tiny_wan_animate_checkpoint(workdir, smoke_overrides, tmp_path):
+    from test_backbone import ANIMATE_ARCH
+
+    from animate.backbone import build_transformer
+    from animate.weights import save_diffusers
+
+    torch.manual_seed(0)
+    save_diffusers(build_transformer("animate", **ANIMATE_ARCH), tmp_path / "Wan2.2-Animate" / "transformer")
+    run = tmp_path / "run"
+    env_root = {"WAN_ROOT": str(tmp_path / "Wan2.2-Animate")}
+    result = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=everanimate", "backbone=wan22_animate_14b", "backbone.text.encoder=null",
+                             "backbone.gradient_checkpointing=false", *smoke_overrides(workdir, steps=1), f"hydra.run.dir={run}"],
+                            cwd=ROOT, env=ENV | env_root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_generate_scores_image_pose_transfer_on_held_out_pairs(workdir):
     run = workdir / "run_onetoall"
     if not (run / "last.ckpt").exists():
