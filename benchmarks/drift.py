@@ -2,7 +2,8 @@
 
 Each entry is ``LABEL=CKPT:STRATEGY`` (a run and a rollout strategy, animate/rollout.py); every
 entry rolls out the same long clips with the same seeds, and the report gives, per entry, the
-metrics at each horizon (mean and spread over seeds) and the drift curve (each metric per chunk).
+metrics at each horizon (mean and spread over seeds), the drift curve (each metric per chunk) and
+the mean wall time of one whole rollout (time it with nothing else running).
 
 - Finding 1 (repeated decode / re-encode degrades even static content, latent carry-over does
   not): one EverAnimate run, ``latent=RUN:latent_carry image=RUN:image_carry``; compare
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -79,11 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
                             for k, v in batch.items()} for batch in batches]
         cfg = rollout_config(system, {"strategy": strategy, "chunk_frames": args.chunk_frames})
         window = new_frames_per_chunk(system, cfg)
-        per_seed, curves = [], DriftCurves(METRICS, window, fps, "cpu")
+        per_seed, curves, seconds = [], DriftCurves(METRICS, window, fps, "cpu"), []
         for seed in args.seeds:
             evaluation = Evaluation(METRICS, horizons(args.horizons, fps), torch.device("cpu"))
             for batch in batches:
+                start = time.perf_counter()
                 video = roll_out(system, batch, cfg, {"steps": args.steps, "seed": seed}, progress=False)[0]
+                seconds.append(time.perf_counter() - start)
                 clip = clip_of(batch["key"][0], video, batch)
                 evaluation.add(clip)
                 curves.add(clip)
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             values = {name: [seed[horizon][name] for seed in per_seed if name in seed[horizon]] for name in names}
             summary[horizon] = {name: {"mean": statistics.fmean(v), "std": statistics.pstdev(v)} for name, v in values.items() if v}
         report["entries"][label] = {"ckpt": ckpt, "strategy": strategy, "chunk_frames": cfg.chunk_frames, "window_frames": window,
+                                    "frames": int(batches[0]["pose"].shape[2]), "rollout_seconds_mean": statistics.fmean(seconds),
                                     "horizons": summary, "drift": curves.rows(),
                                     "restorative": OmegaConf.to_container(run_cfg.method.get("restorative", {}), resolve=True)}
         print(f"{label}: " + "; ".join(f"{h} " + ", ".join(f"{n} {v['mean']:.2f}" for n, v in values.items()) for h, values in summary.items()))
