@@ -256,7 +256,8 @@ def roll_out(
 def generate_chunk(system: Any, batch: dict, chunk: Chunk, cfg: RolloutConfig, previous: dict | None,
                    kept: dict[str, Tensor], memory: int | None, options: dict) -> dict:
     """Generate one chunk from the previous one's record: {"latents", "video" uint8, "tail" frames, "kept"}."""
-    part = chunk_batch(batch, chunk) | kept
+    device = system.device
+    part = chunk_batch(batch, chunk) | {name: value.to(device) for name, value in kept.items()}
     vae = system.backbone.vae
     context = None
     if previous is not None and cfg.strategy != "independent":
@@ -264,10 +265,10 @@ def generate_chunk(system: Any, batch: dict, chunk: Chunk, cfg: RolloutConfig, p
             if cfg.strategy == "latent_carry":
                 motion = previous["latents"][:, :, -memory:]  # reused as generated: no decode, no encode
             else:  # decode (done), re-encode the last 1 + 4 L_m frames, keep their last L_m latents
-                motion = vae.encode(previous["tail"].float() / 127.5 - 1)[:, :, -memory:]
-            part |= {"motion_memory": motion.to(system.device), "pose_lead_latents": 1 + memory}
+                motion = vae.encode(previous["tail"].to(device).float() / 127.5 - 1)[:, :, -memory:]
+            part |= {"motion_memory": motion.to(device), "pose_lead_latents": 1 + memory}
         else:
-            context = vae.encode(previous["tail"].float() / 127.5 - 1)  # the carried frames, encoded again
+            context = vae.encode(previous["tail"].to(device).float() / 127.5 - 1)  # the carried frames, encoded again
     latents = system.sample_latents(part, context=context, **options)  # (B, C, F, h, w)
     if memory is not None and previous is not None:  # decode as a continuation of the previous chunk
         warm = previous["latents"][:, :, -cfg.decode_warmup :]
