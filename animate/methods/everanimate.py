@@ -60,11 +60,11 @@ class EverAnimateSequence(LatentSequence):
 
 def identity_pixels(batch: dict) -> Tensor:
     """The identity views as one-frame clips (B * K, 3, 1, H, W): the reference, then ``reference_views``."""
-    views = identity_views(batch)  # (B, K, 3, H, W)
+    views = views_of(batch)  # (B, K, 3, H, W)
     return views.flatten(0, 1)[:, :, None]
 
 
-def identity_views(batch: dict) -> Tensor:
+def views_of(batch: dict) -> Tensor:
     """(B, K, 3, H, W): the reference followed by the batch's extra views (none at plain inference)."""
     reference = batch["reference"][:, None]
     extra = batch.get("reference_views")
@@ -157,7 +157,7 @@ class EverAnimate(AnimationSystem):
         """Memory augmentation of the identity views (training draws only)."""
         if not augment or "identity_memory" in batch:
             return batch
-        views = identity_views(batch)[:, 1:]
+        views = views_of(batch)[:, 1:]
         if views.shape[1] == 0:
             return batch
         aug = self.memory_augmentation
@@ -190,7 +190,7 @@ class EverAnimate(AnimationSystem):
 
     def after_first_chunk(self, batch: dict, video: Tensor, seed: int) -> dict[str, Tensor]:
         """The frozen identity memory: the given views, the missing ones drawn from the first chunk's frames (B, 3, T, H, W)."""
-        given = identity_views(batch)  # (B, V, 3, H, W)
+        given = views_of(batch)  # (B, V, 3, H, W)
         missing = self.identity_views - given.shape[1]
         if missing > 0:
             generator = torch.Generator().manual_seed(seed)
