@@ -68,11 +68,12 @@ class DriftPerturbation:
         return self.probability == 0 or (self.color_shift == 0 and self.sharpness == 0 and self.saturation == 0)
 
     def __call__(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Perturbed copy of ``video`` (B, 3, T, H, W) in [-1, 1]."""
-        out = []
-        for clip in video:
-            out.append(self.perturb_clip(clip, generator) if self._draw(generator) < self.probability else clip)
-        return torch.stack(out)
+        """Perturbed copy of ``video`` (B, 3, T, H, W) in [-1, 1], each clip with ``probability``."""
+        return torch.stack([self.perturb_clip(clip, generator) if self._draw(generator) < self.probability else clip for clip in video])
+
+    def chosen(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) bool: the clips a draw perturbs (the others keep P(x0) = x0, so their latents need no new encoding)."""
+        return torch.rand(batch_size, generator=generator) < self.probability if not self.identity else torch.zeros(batch_size, dtype=torch.bool)
 
     def perturb_clip(self, clip: Tensor, generator: torch.Generator | None) -> Tensor:
         """One clip (3, T, H, W) in [-1, 1], all frames changed alike."""

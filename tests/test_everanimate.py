@@ -179,3 +179,15 @@ def test_face_crops_follow_the_face_box_and_are_zero_without_a_face():
     crops = face_crops(frames, keypoints, size=8)
     assert crops.shape == (1, 3, 2, 8, 8) and crops[0, :, 0].mean() > 0.5
     assert torch.all(crops[0, :, 1] == 0)  # no face points in frame 1
+
+
+def test_rfm_training_encodes_only_the_clips_p_perturbs():
+    system = everanimate(restorative=dict(enabled=True, perturbation=dict(probability=0.5, color_shift=0.5)))
+    system.train()
+    torch.manual_seed(3)
+    batch = batch_with_views(b=6)
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    same = [torch.equal(latents["perturbed"][i], latents["video"][i]) for i in range(6)]
+    assert any(same) and not all(same)  # unperturbed clips reuse x0's latents, perturbed ones were encoded from P(x0)
+    system.eval()
+    assert "perturbed" not in system.encode(batch, system.latent_inputs(training=True))  # the validation loss is plain FM

@@ -85,11 +85,6 @@ def face_crops(frames: Tensor, keypoints: Tensor, size: int, area_scale: float =
     return crops.to(frames.dtype).unflatten(0, (b, t)).transpose(1, 2)
 
 
-def perturbed_video_pixels(perturbation: DriftPerturbation) -> PixelFn:
-    """The target clip after P (drawn anew each call)."""
-    return lambda batch: perturbation(batch["video"])
-
-
 def augment_views(views: Tensor, translate: float, scale: float, generator: torch.Generator | None = None) -> Tensor:
     """Memory augmentation: each view (B, K, 3, H, W) shifted by up to ``translate`` of its size and rescaled by up to 1 +- ``scale``."""
     if translate == 0 and scale == 0:
@@ -108,7 +103,7 @@ class EverAnimate(AnimationSystem):
 
     conditions = ()
     guidance_levels = ((),)  # no CFG (paper: 20 steps without guidance)
-    uncached_latents = frozenset({"identity", "perturbed"})  # augmented views and a perturbation drawn anew each time
+    uncached_latents = frozenset({"identity"})  # the views are augmented anew each draw
     rollout_strategy = "latent_carry"  # persistent latent propagation (animate.rollout)
     carries_memory = True
 
@@ -165,17 +160,23 @@ class EverAnimate(AnimationSystem):
 
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
         inputs = {"pose": pose_pixels, "identity": identity_pixels}
-        if training:
-            inputs["video"] = video_pixels
-            if self.restorative["enabled"] and not self.perturbation.identity and self.training:
-                inputs["perturbed"] = perturbed_video_pixels(self.perturbation)
-        return inputs
+        return inputs | {"video": video_pixels} if training else inputs
 
     def encode(self, batch: dict, inputs: dict[str, PixelFn]) -> dict[str, Tensor]:
-        """The base encoding, without the identity views when the batch carries a frozen identity memory."""
+        """The base encoding (without the identity views when the batch carries a frozen identity memory), and in
+        restorative training draws the perturbed target ``perturbed``: P(x0) encoded for the clips P perturbs, x0's latents for the rest.
+        """
         if "identity_memory" in batch:
             inputs = {name: fn for name, fn in inputs.items() if name != "identity"}
-        return super().encode(batch, inputs)
+        latents = super().encode(batch, inputs)
+        if "video" in latents and self.training and self.restorative["enabled"]:
+            chosen = self.perturbation.chosen(batch["video"].shape[0]).to(latents["video"].device)
+            perturbed = latents["video"].clone()
+            if chosen.any():
+                video = batch["video"][chosen]
+                perturbed[chosen] = self.backbone.vae.encode(torch.stack([self.perturbation.perturb_clip(clip, None) for clip in video])).to(perturbed)
+            latents["perturbed"] = perturbed
+        return latents
 
     def identity_memory(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
         """(B, C, K, h, w): the batch's frozen identity memory, or its views' latents with the reference filling missing views."""
