@@ -267,7 +267,8 @@ def test_generate_animates_your_own_reference_and_driving_poses(workdir, conf, s
     assert sorted(path.name for path in (out / "chunks").iterdir()) == ["chunk-0000.pt", "chunk-0001.pt"]  # 9 + 4 frames, kept for a resume
     assert np.asarray(Image.open(out / "reference_mask.png")).any()  # the reference is smaller than the driving person: padded
     if conf == "everanimate":  # a driving sequence shorter than one chunk: one chunk, said in one line
-        short = subprocess.run([sys.executable, "-m", "experiments.generate", *args, "rollout.chunk_frames=17", f"out={out}_short"],
+        kept = [a for a in args if not a.startswith(("rollout.chunk_frames=", "out="))]
+        short = subprocess.run([sys.executable, "-m", "experiments.generate", *kept, "rollout.chunk_frames=17", f"out={out}_short"],
                                cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
         assert short.returncode == 0 and "13 frames, shorter than one chunk (17): generated as one chunk" in short.stdout
     no_pose = subprocess.run([sys.executable, "-m", "experiments.generate", *[a for a in args if not a.startswith("reference_pose=")]],
