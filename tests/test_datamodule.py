@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from data.datamodule import AnimationDataModule
 
 TINY = dict(train_identities=3, val_identities=2, test_identities=1, clips_per_identity=2, frames=17, size=64,
-            image_pairs_per_identity=1, samples_per_shard=2)
+            image_pairs_per_identity=1, samples_per_shard=2, long_clips=0)
 BATCH_KEYS = {"video", "pose", "reference", "reference_pose", "keypoints", "reference_keypoints", "loss_weight",
               "person_mask", "has_person_mask", "plate", "has_plate", "key", "cache_key"}
 

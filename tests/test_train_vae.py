@@ -20,7 +20,8 @@ SHIPPED_VAE = Path(animate.__file__).parent / "assets" / "tiny_wan_vae"
 SHIPPED_CLIP_PSNR = 21.61  # clip_psnr(load_vae(SHIPPED_VAE), *held_out_clip())
 SHIPPED_CLIP_PSNR_PERSON = 15.32
 TINY_DATA = SyntheticConfig(
-    train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=EVAL_FRAMES, size=64, image_pairs_per_identity=1
+    train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=EVAL_FRAMES, size=64, image_pairs_per_identity=1,
+    long_clips=0,
 )
 
 

@@ -25,8 +25,8 @@ class SyntheticConfig:
     size: int = 128
     image_pairs_per_identity: int = 1
     text_fraction: float = 0.25
-    long_clips: int = 0
-    long_seconds: float = 60.0
+    long_clips: int = 1  # minute-long clips per split (subset "long": the long-video horizons)
+    long_seconds: float = 61.0  # a 60 s horizon at 12 fps needs 720 of the 1 + 4k frames a rollout generates
     samples_per_shard: int = 64
 
     def __post_init__(self) -> None:
