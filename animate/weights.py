@@ -20,7 +20,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import diffusers
@@ -63,14 +63,11 @@ TRANSFORMER = _Family(
     config_hint="the transformer/ folder of a Wan-AI *-Diffusers repository",
     to_diffusers=lambda state_dict: convert_wan_transformer_to_diffusers(dict(state_dict)),
 )
-ANIMATE = _Family(
+ANIMATE = replace(  # the same layouts and conversion (diffusers' converter knows the motion encoder and face adapter keys)
+    TRANSFORMER,
     model_cls=WanAnimateTransformer3DModel,
     what="Wan2.2-Animate transformer",
-    original_keys=("head.head.weight", "blocks.0.self_attn.q.weight"),
-    diffusers_keys=("proj_out.weight", "blocks.0.attn1.to_q.weight"),
-    weight_globs=(INDEX_NAME, "diffusion_pytorch_model*.safetensors"),
     config_hint="the transformer/ folder of Wan-AI/Wan2.2-Animate-14B-Diffusers",
-    to_diffusers=lambda state_dict: convert_wan_transformer_to_diffusers(dict(state_dict)),  # knows the motion encoder and face adapter keys
 )
 VAE = _Family(
     model_cls=AutoencoderKLWan,

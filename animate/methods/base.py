@@ -325,21 +325,13 @@ class AnimationSystem(L.LightningModule):
         return velocity
 
     @torch.no_grad()
-    def generate(
-        self,
-        batch: dict,
-        steps: int | None = None,
-        shift: float | None = None,
-        guidance: Sequence[float] | None = None,
-        seed: int = 0,
-        context: Tensor | None = None,
-    ) -> Tensor:
+    def generate(self, batch: dict, **options: Any) -> Tensor:
         """Animate a batch: video (B, 3, T, H, W) in [-1, 1]; uses no ground-truth frames.
 
-        ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
-        frames at every step, at t = 0 (One-to-All's token replace); they are decoded with the rest.
+        ``options`` are :meth:`sample_latents`'s (steps, shift, guidance, seed, context); the
+        generated target latents, context frames included, are decoded.
         """
-        return self.backbone.vae.decode(self.sample_latents(batch, steps, shift, guidance, seed, context))
+        return self.backbone.vae.decode(self.sample_latents(batch, **options))
 
     @torch.no_grad()
     def sample_latents(
@@ -351,7 +343,11 @@ class AnimationSystem(L.LightningModule):
         seed: int = 0,
         context: Tensor | None = None,
     ) -> Tensor:
-        """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes)."""
+        """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes).
+
+        ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
+        frames at every step, at t = 0 (One-to-All's token replace, :mod:`animate.rollout`).
+        """
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
         guidance = list(guidance if guidance is not None else self.sampler["guidance"])
