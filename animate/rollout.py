@@ -306,19 +306,15 @@ def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict,
     stride = window - cfg.overlap_latents
     starts = list(range(0, max(1, latent_frames - window + stride), stride))
     starts = sorted({min(start, latent_frames - window) for start in starts})
-    pose = batch["pose"]
-    if padded > total:
-        pose = torch.cat([pose, pose[:, :, -1:].expand(-1, -1, padded - total, -1, -1)], dim=2)
     steps = options.get("steps") or system.sampler["steps"]
     shift = options.get("shift") if options.get("shift") is not None else system.sampler["shift"]
     guidance = list(options.get("guidance") if options.get("guidance") is not None else system.sampler["guidance"])
     levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
     windows = []
+    length = 1 + 4 * (window - 1)
     for index, start in enumerate(starts):  # window latent j >= 1 covers the same frames as latent start + j
         first = 0 if start == 0 else 4 * start
-        part = {name: batch[name] for name in STATIC_KEYS if name in batch}
-        keys = batch.get("key") or [str(i) for i in range(pose.shape[0])]
-        part |= {"pose": pose[:, :, first : first + 1 + 4 * (window - 1)], "key": [f"{key}#window{index}" for key in keys]}
+        part = chunk_batch(batch, Chunk(index, first, min(first + length, total), length, first, first + length, 0))  # padded with the last frame
         sequences = system.sampling_sequences(part, levels)
         windows.append((start, sequences, system.level_velocity(sequences)))
     top = windows[0][1][levels[-1]]
