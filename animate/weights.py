@@ -8,7 +8,8 @@ Two layouts are understood, told apart by the keys stored in the files:
   ``blocks.0.self_attn.q.weight`` and ``Wan2.1_VAE.pth`` with keys like
   ``decoder.middle.0.residual.0.gamma``. These carry no diffusers config, so ``config=`` names a
   local directory (or file) holding one; the keys are converted by diffusers' own single-file
-  conversion.
+  conversion. Wan2.2-Animate's motion encoder is named here at any depth (diffusers' converter
+  knows the released 512 px one only), so a tiny Animate transformer round-trips too.
 
 ``to_original_layout`` is the inverse of that conversion, checked against it key for key, so
 a model exported here loads back through diffusers bit for bit.
@@ -63,11 +64,12 @@ TRANSFORMER = _Family(
     config_hint="the transformer/ folder of a Wan-AI *-Diffusers repository",
     to_diffusers=lambda state_dict: convert_wan_transformer_to_diffusers(dict(state_dict)),
 )
-ANIMATE = replace(  # the same layouts and conversion (diffusers' converter knows the motion encoder and face adapter keys)
+ANIMATE = replace(  # the transformer's layouts, plus a motion encoder of any depth (see _animate_to_diffusers)
     TRANSFORMER,
     model_cls=WanAnimateTransformer3DModel,
     what="Wan2.2-Animate transformer",
     config_hint="the transformer/ folder of Wan-AI/Wan2.2-Animate-14B-Diffusers",
+    to_diffusers=lambda state_dict: _animate_to_diffusers(state_dict),
 )
 VAE = _Family(
     model_cls=AutoencoderKLWan,
@@ -105,10 +107,10 @@ def load_vae(
 def to_original_layout(model: nn.Module) -> StateDict:
     """The model's state dict under original Wan keys (exact inverse of diffusers' conversion)."""
     family = _family_of(model)
-    if family is ANIMATE:
-        raise ValueError("writing a Wan2.2-Animate transformer in the original layout is not supported; save_diffusers writes it in the diffusers layout")
     state_dict = model.state_dict()
-    if family is TRANSFORMER:
+    if family is ANIMATE:
+        original = _animate_to_original(model, state_dict)
+    elif family is TRANSFORMER:
         original = {_transformer_key_to_original(key): value for key, value in state_dict.items()}
     else:
         up_index = _vae_up_block_index(model)
@@ -416,15 +418,90 @@ def _resnet_part(rest: str) -> str:
 
 
 def _check_round_trip(family: _Family, model: nn.Module, state_dict: StateDict, original: StateDict) -> None:
-    """Raise unless diffusers' own conversion maps ``original`` back to exactly ``state_dict``'s keys."""
+    """Raise unless the family's conversion maps ``original`` back to exactly ``state_dict``."""
     back = family.to_diffusers(original)
     lost = sorted(state_dict.keys() - back.keys())
-    if len(original) != len(state_dict) or lost or any(back[key] is not state_dict[key] for key in state_dict):
+    if lost or len(back) != len(state_dict) or any(not torch.equal(back[key], state_dict[key]) for key in state_dict):
         raise ValueError(
             f"this {type(model).__name__} has no original Wan layout that diffusers {diffusers.__version__} can read "
             f"back (e.g. {', '.join(lost[:3]) or 'keys collide'}); original Wan checkpoints have the Wan2.1 "
             "structure (VAE: 4 levels, num_res_blocks=2, channels growing as in dim_mult [1, 2, 4, 4])"
         )
+
+
+# ----- Wan2.2-Animate's own modules ----------------------------------------------------------------------------------
+# diffusers' converter names the motion encoder of the released 512 px model only (7 residual blocks, its output conv
+# at index 8); these tables name it at any depth (log2(motion_encoder_size) - 2 blocks), so a tiny Animate round-trips.
+MOTION_ENCODER = "motion_encoder."
+_MOTION_CONVS = "enc.net_app.convs."
+_FACE_ENCODER_CONVS = ("conv1_local", "conv2", "conv3")  # original: NAME.conv.*
+_FACE_ADAPTER_RENAMES = {"to_q": "linear1_q", "to_out": "linear2", "norm_q": "q_norm", "norm_k": "k_norm"}
+
+
+def _motion_encoder_names(depth: int) -> dict[str, str]:
+    """Diffusers -> original names of the motion encoder's parameters and blur kernels, ``depth`` residual blocks."""
+    names = {
+        "conv_in.weight": f"{_MOTION_CONVS}0.0.weight",
+        "conv_in.act_fn.bias": f"{_MOTION_CONVS}0.1.bias",
+        "conv_out.weight": f"{_MOTION_CONVS}{depth + 1}.weight",
+        "motion_synthesis_weight": "dec.direction.weight",
+    }
+    for i in range(depth):
+        block, conv = f"res_blocks.{i}.", f"{_MOTION_CONVS}{i + 1}."
+        names |= {
+            f"{block}conv1.weight": f"{conv}conv1.0.weight",
+            f"{block}conv1.act_fn.bias": f"{conv}conv1.1.bias",
+            f"{block}conv2.blur_kernel": f"{conv}conv2.0.kernel",
+            f"{block}conv2.weight": f"{conv}conv2.1.weight",
+            f"{block}conv2.act_fn.bias": f"{conv}conv2.2.bias",
+            f"{block}conv_skip.blur_kernel": f"{conv}skip.0.kernel",
+            f"{block}conv_skip.weight": f"{conv}skip.1.weight",
+        }
+    return {MOTION_ENCODER + key: MOTION_ENCODER + value for key, value in names.items()}
+
+
+def _animate_to_diffusers(state_dict: StateDict) -> StateDict:
+    """Original Wan2.2-Animate keys -> diffusers' (any motion-encoder depth; the blur kernels, constants, dropped)."""
+    state_dict = {key.removeprefix(PREFIX_ORIGINAL): value for key, value in state_dict.items()}
+    depth = sum(1 for key in state_dict if re.fullmatch(rf"{MOTION_ENCODER}{re.escape(_MOTION_CONVS)}\d+\.conv1\.0\.weight", key))
+    names = {original: name for name, original in _motion_encoder_names(depth).items()}
+    motion, rest = {}, {}
+    for key, value in state_dict.items():
+        if key.endswith(".kernel") and key.startswith(MOTION_ENCODER):
+            continue  # the model builds its blur kernels from its config
+        if key in names:
+            motion[names[key]] = value.flatten() if key.endswith(".bias") else value  # biases stored as (1, C, 1, 1)
+        elif key.startswith(f"{MOTION_ENCODER}enc.fc."):
+            motion[f"{MOTION_ENCODER}motion_network.{key.removeprefix(f'{MOTION_ENCODER}enc.fc.')}"] = value
+        else:
+            rest[key] = value
+    return convert_wan_transformer_to_diffusers(rest) | motion
+
+
+def _animate_to_original(model: WanAnimateTransformer3DModel, state_dict: StateDict) -> StateDict:
+    """The inverse of :func:`_animate_to_diffusers`, with the blur kernels written as the original checkpoints hold them."""
+    names = _motion_encoder_names(len(model.motion_encoder.res_blocks))
+    original: StateDict = {}
+    for key, value in state_dict.items():
+        module, _, rest = key.partition(".")
+        if key in names:
+            original[names[key]] = value.reshape(1, -1, 1, 1) if key.endswith(".bias") else value
+        elif key.startswith(f"{MOTION_ENCODER}motion_network."):
+            original[f"{MOTION_ENCODER}enc.fc.{key.removeprefix(f'{MOTION_ENCODER}motion_network.')}"] = value
+        elif module == "face_encoder" and rest.split(".")[0] in _FACE_ENCODER_CONVS:
+            name, _, tail = rest.partition(".")
+            original[f"face_encoder.{name}.conv.{tail}"] = value
+        elif module == "face_adapter":
+            index, name, tail = rest.split(".", 2)
+            if name == "to_k":  # to_k and to_v are one linear1_kv, keys first
+                original[f"face_adapter.fuser_blocks.{index}.linear1_kv.{tail}"] = torch.cat([value, state_dict[f"face_adapter.{index}.to_v.{tail}"]])
+            elif name != "to_v":
+                original[f"face_adapter.fuser_blocks.{index}.{_FACE_ADAPTER_RENAMES[name]}.{tail}"] = value
+        else:
+            original[_transformer_key_to_original(key)] = value
+    buffers = dict(model.named_buffers())
+    original |= {names[key]: buffers[key] for key in names if key.endswith("blur_kernel")}
+    return original
 
 
 # ----- One-to-All's released checkpoints (ssj9596/One-to-All-Animation) --------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from animate.weights import (
     INDEX_NAME,
@@ -118,6 +118,48 @@ def test_wan_animate_diffusers_layout_loads_as_an_animate_transformer(tmp_path):
     _assert_same_weights(animate, reloaded)
     backbone = load_backbone({"path": str(path)})
     assert type(backbone.transformer).__name__ == "WanAnimateTransformer3DModel" and backbone.in_channels == 36
+
+
+def _animate(**overrides):
+    """A tiny random Wan2.2-Animate transformer (a 16 px motion encoder: 2 residual blocks)."""
+    from test_backbone import ANIMATE_ARCH
+
+    from animate.backbone import build_transformer
+
+    torch.manual_seed(0)
+    return build_transformer("animate", **(ANIMATE_ARCH | overrides)).eval()
+
+
+def test_wan_animate_original_layout_round_trip(tmp_path):
+    from animate.backbone import load_backbone
+
+    animate = _animate()
+    file = save_original_layout(animate, tmp_path / "wan" / "diffusion_pytorch_model.safetensors")
+    stored = load_file(file)
+    # as the released checkpoints hold them: blur kernels, (1, C, 1, 1) activation biases, one key-value linear
+    assert stored["motion_encoder.enc.net_app.convs.1.conv2.0.kernel"].shape == (4, 4)
+    assert stored["motion_encoder.enc.net_app.convs.0.1.bias"].shape == (1, 16, 1, 1)
+    assert stored["motion_encoder.enc.net_app.convs.3.weight"].shape == (8, 16, 4, 4)  # the output conv after 2 blocks
+    assert stored["face_adapter.fuser_blocks.1.linear1_kv.weight"].shape == (48, 24)
+    config = save_diffusers(animate, tmp_path / "config")
+    reloaded = load_transformer(file, config=config)
+    assert type(reloaded).__name__ == "WanAnimateTransformer3DModel"
+    _assert_same_weights(animate, reloaded)
+    backbone = load_backbone({"path": str(file.parent), "config": str(config)})
+    _assert_same_weights(animate, backbone.transformer)
+
+
+def test_animate_motion_encoder_names_agree_with_diffusers_at_512_px():
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from animate.weights import _animate_to_diffusers
+
+    sizes = {str(2**i): 4 for i in range(2, 10)}
+    original = to_original_layout(_animate(motion_encoder_size=512, motion_encoder_channel_sizes=sizes))
+    assert "motion_encoder.enc.net_app.convs.8.weight" in original  # the released 512 px layout: 7 blocks
+    theirs = convert_wan_transformer_to_diffusers({key: value for key, value in original.items() if not key.endswith(".kernel")})
+    ours = _animate_to_diffusers(original)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
 def test_transformer_original_layout_round_trip(transformer, tmp_path):
