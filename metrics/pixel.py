@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from common.pose.faces import box_masks, face_boxes
 from metrics.base import FrameMetric
-from metrics.faces import box_masks, face_boxes
 
 PSNR_OF_IDENTICAL = 100.0  # dB given to a frame with zero error (DisCo's convention)
 
@@ -81,7 +81,7 @@ class BackgroundPSNR(MaskedFrameMetric):
 
 
 class FacePSNR(FrameMetric):
-    """F-PSNR: PSNR inside the face box of the ground-truth keypoints (see :mod:`metrics.faces`).
+    """F-PSNR: PSNR inside the face box of the ground-truth keypoints (see :mod:`common.pose.faces`).
 
     ``keypoints`` are the target's ``(B, T, 133, 3)`` COCO-WholeBody points in pixels of the frames
     given; the same box is cut from the generated frame. Frames without a valid face are skipped

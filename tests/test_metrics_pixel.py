@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from metrics.faces import face_boxes
+from common.pose.faces import face_boxes
 from metrics.pixel import PSNR, SSIM, BackgroundPSNR, FacePSNR, MaskedPSNR, MaskedSSIM, masked_frame_ssim, ssim_disco, ssim_gaussian
 
 

@@ -45,7 +45,7 @@ from animate.flow import interpolate
 from animate.methods.base import AnimationSystem, FlowPair, LatentSequence, PixelFn, pose_pixels, video_pixels
 from animate.modules.face_adapter import FaceAdapterHook, face_motion_tokens
 from animate.restorative_flow import DriftPerturbation, check_bell, restoration_coefficient, restorative_target
-from common.pose.layout import face_box
+from common.pose.faces import face_boxes
 
 ANIMATE_MASK_CHANNELS = 4  # Wan-Animate's y: 4 mask channels (the pixel mask folded by the VAE's 4x time) + the condition latents
 
@@ -71,17 +71,13 @@ def views_of(batch: dict) -> Tensor:
     return reference if extra is None else torch.cat([reference, extra.to(reference)], dim=1)
 
 
-def face_crops(frames: Tensor, keypoints: Tensor, size: int, area_scale: float = 1.3, threshold: float = 0.3) -> Tensor:
-    """Square face crops (B, 3, T, size, size) of frames (B, 3, T, H, W) around the 68 face points of keypoints (B, T, 133, 3); zeros without a face."""
+def face_crops(frames: Tensor, keypoints: Tensor, size: int) -> Tensor:
+    """Face crops (B, 3, T, size, size) of frames (B, 3, T, H, W) in Wan2.2-Animate's face boxes of keypoints (B, T, 133, 3), resized; zeros without a face."""
     b, _, t, height, width = frames.shape
-    boxes, _ = face_box(keypoints.detach().cpu().numpy().reshape(b * t, 133, 3), threshold)  # (B*T, 4) x0, y0, x1, y1
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    centre, side = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).amax(dim=1, keepdim=True) * area_scale**0.5
-    found = side[:, 0] > 1
-    squares = torch.cat([centre - side / 2, centre + side / 2], dim=1).to(frames)
-    rois = torch.cat([torch.arange(b * t, device=frames.device, dtype=frames.dtype)[:, None], squares], dim=1)
+    boxes, found = face_boxes(keypoints.flatten(0, 1), height, width)  # (B*T, 4) x0, y0, x1, y1 in pixels
+    rois = torch.cat([torch.arange(b * t, device=frames.device)[:, None], boxes.to(frames.device)], dim=1).float()
     flat = frames.transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W)
-    crops = roi_align(flat.float(), rois.float(), output_size=size, aligned=True) * found.to(frames)[:, None, None, None]
+    crops = roi_align(flat.float(), rois, output_size=size, aligned=True) * found.to(frames.device)[:, None, None, None]
     return crops.to(frames.dtype).unflatten(0, (b, t)).transpose(1, 2)
 
 

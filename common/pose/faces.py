@@ -5,7 +5,8 @@ when its confidence is at least ``min_confidence`` (DWPose's 0.3). The box is th
 valid points, its area scaled by ``area_scale`` (1.3) with the aspect ratio kept: the width grows
 equally on both sides, the height by 3 parts upward and 1 part downward (forehead). Coordinates
 are clipped to the frame and truncated to integers; the box covers rows ``y0:y1``, columns
-``x0:x1``. (``common.pose.layout.face_box`` is the tight, unclipped numpy box of the same points.)
+``x0:x1``. (``common.pose.layout.face_box`` is the tight, unclipped numpy box of the same points; EverAnimate crops
+the motion encoder's faces in these boxes, as Wan2.2-Animate's preprocessing does.)
 """
 
 from __future__ import annotations
