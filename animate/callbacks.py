@@ -151,6 +151,11 @@ class RunSummary(L.Callback):
         self.path = path
         self._start = 0.0
         self._start_step = 0
+        self._ended = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_start(trainer, pl_module)
+        self._ended = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # after a resume restored the step
         self._start = time.perf_counter()
@@ -180,6 +185,11 @@ class RunSummary(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, "finished")
+        self._ended = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # a resume of a run that had already ended trains nothing
+        if not self._ended:
+            self._write(trainer, "finished")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._write(trainer, f"interrupted: {type(exception).__name__}")

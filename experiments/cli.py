@@ -17,7 +17,7 @@ from common.cli import CONF_DIR, UsageError, reported
 
 __all__ = ["CONF_DIR", "NOT_EXPERIMENTS", "UsageError", "experiment_names", "reported", "resume_arguments", "resume_dir", "run"]
 
-NOT_EXPERIMENTS = {"fit", "evaluate", "export", "generate", "train_vae", "synthetic", "prepare"}  # base configs of the entry points
+NOT_EXPERIMENTS = {"fit", "evaluate", "export", "generate", "train_vae", "synthetic", "prepare", "sweep_run"}  # base configs of the entry points
 
 
 def experiment_names() -> list[str]:
