@@ -221,9 +221,10 @@ def heldout_metrics(run_dir: Path) -> dict[str, float]:
             metrics |= {f"{split}/{model}/{name}": value for name, value in values.items()}
     long = run_dir / "heldout_long" / "summary.json"
     if long.is_file():
-        for window, values in json.loads(long.read_text()).items():
-            suffix = "" if window == "full" else f"@{window}"
-            metrics |= {f"{split}_long/trained/{name}{suffix}": value for name, value in values.items() if isinstance(value, (int, float))}
+        for horizon, values in json.loads(long.read_text())["summary"].items():
+            suffix = "" if horizon == "full" else f"@{horizon}"
+            metrics |= {f"{split}_long/trained/{name}{suffix}": value for name, value in values.items()
+                        if isinstance(value, (int, float)) and not name.startswith("clips")}
     return metrics
 
 

@@ -86,7 +86,7 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
     smoke = dict(o.split("=", 1) for o in smoke_overrides(workdir) if not o.startswith("logger="))
-    fixed = {key: {"value": yaml.safe_load(value)} for key, value in smoke.items()} | {"heldout.num_clips": {"value": 1}}
+    fixed = {key: {"value": yaml.safe_load(value)} for key, value in smoke.items()} | {"heldout.num_clips": {"value": 1}, "heldout.kinds": {"value": ["video", "long"]}}
     path = _write(tmp_path, GRID | {"parameters": GRID["parameters"] | fixed})
     root = tmp_path / "runs"
 
@@ -98,7 +98,8 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
     for result in results:
         run_dir = root / "tiny" / result["run_id"]
         assert result["parameters"]["seed"] in (0, 1) and (run_dir / RESULT).is_file()
-        assert {"test/trained/psnr", "test/repeat_reference/psnr_mask", "test/untrained/silhouette_iou"} <= set(result["metrics"])
+        assert {"test/trained/psnr", "test/repeat_reference/psnr_mask", "test/untrained/silhouette_iou", "test_long/trained/psnr"} <= set(result["metrics"])
+        assert (run_dir / "heldout_long" / "drift.csv").is_file()
         offline = list((run_dir / "wandb").glob(f"offline-run-*-{result['wandb_id']}"))
         assert len(offline) == 2  # the fit's W&B run and the held-out scores added to it (offline, synced as one run)
 
