@@ -228,8 +228,8 @@ def heldout_metrics(run_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def log_to_wandb(run_dir: Path, metrics: dict[str, float]) -> str | None:
-    """Add the held-out scores to the summary of the fit's W&B run (offline); the run id, or None without a W&B log."""
+def log_to_wandb(run_dir: Path, parameters: dict[str, Any], metrics: dict[str, float]) -> str | None:
+    """Add the sweep parameters and held-out scores to the fit's W&B run (offline; as ``wandb agent`` runs hold them); its id, or None."""
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     if not offline:
         return None
@@ -239,6 +239,7 @@ def log_to_wandb(run_dir: Path, metrics: dict[str, float]) -> str | None:
     wandb_id = offline[-1].name.rsplit("-", 1)[-1]
     with wandb.init(id=wandb_id, project=cfg.logger.get("project", "animate"), dir=str(run_dir), mode="offline", resume="allow",
                     settings=wandb.Settings(silent=True)) as wandb_run:
+        wandb_run.config.update(parameters, allow_val_change=True)
         wandb_run.summary.update(metrics)
     return wandb_id
 
@@ -272,7 +273,7 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
     metrics = heldout_metrics(run.run_dir)
     result = {"sweep": sweep.name, "sweep_file": str(sweep.path), "run_id": run.run_dir.name, "parameters": run.parameters,
               "overrides": run.overrides, "metrics": metrics, "fit_seconds": round(fit_seconds, 1),
-              "evaluation_seconds": round(time.time() - started - fit_seconds, 1), "wandb_id": log_to_wandb(run.run_dir, metrics)}
+              "evaluation_seconds": round(time.time() - started - fit_seconds, 1), "wandb_id": log_to_wandb(run.run_dir, run.parameters, metrics)}
     atomic_write_json(result_file, result)
     return result
 

@@ -103,6 +103,11 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
         offline = list((run_dir / "wandb").glob(f"offline-run-*-{result['wandb_id']}"))
         assert len(offline) == 2  # the fit's W&B run and the held-out scores added to it (offline, synced as one run)
 
+    from experiments.leaderboard import leaderboard, load_runs
+
+    board = leaderboard(load_runs(root / "tiny"), by=["method"])  # the runs the runner wrote feed the notebooks' tables
+    assert set(board["model"]) == {"trained", "untrained", "base", "repeat_reference"} and set(board["seeds"]) == {2}
+
     stamp = {r["run_id"]: (root / "tiny" / r["run_id"] / RESULT).stat().st_mtime_ns for r in results}
     capsys.readouterr()
     main([str(path), "--root", str(root)])
