@@ -85,6 +85,7 @@ def generate(cfg: DictConfig) -> dict | Path | None:
         "clips": summaries[models[0]]["clips"],
         "num_clips": cfg.num_clips,  # as asked: the split may hold fewer
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+        "protocol": protocol_of(cfg.metrics),
         "overall": overall,
     }
     atomic_write_json(out / "heldout.json", report)
@@ -93,6 +94,11 @@ def generate(cfg: DictConfig) -> dict | Path | None:
     print(format_table(overall))
     print(f"wrote {report['clips']} clips per model and heldout.json to {out}")
     return report
+
+
+def protocol_of(metrics_cfg) -> str:
+    """``NAME vVERSION`` of a metrics config (conf/metrics presets; ``unnamed`` for a hand-made one)."""
+    return f"{metrics_cfg.get('protocol', 'unnamed')} v{metrics_cfg.get('protocol_version', 0)}"
 
 
 def write_figure(grids: Path, path: str, clips: int) -> Path:

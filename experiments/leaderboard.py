@@ -54,6 +54,7 @@ def load_runs(source: str | Path) -> pd.DataFrame:
         rows.append({
             "run_dir": str(run_dir), "sweep": result["sweep"], "conf": hydra.job.config_name,
             "method": method_name(cfg.method._target_), "variant": hydra.runtime.choices.get("variant", "none"), "seed": int(cfg.seed),
+            **{f"protocol/{kind}": name for kind, name in result.get("protocols", {}).items()},
             **{f"param/{key}": value for key, value in result["parameters"].items()}, **result["metrics"],
         })
     if not rows:
@@ -71,7 +72,8 @@ def load_wandb_runs(project: str) -> pd.DataFrame:
         rows.append({
             "run_dir": run.url, "sweep": run.sweep.name if run.sweep else "", "conf": config.get("conf", ""),
             "method": method_name(str((config.get("method") or {}).get("_target_", ""))), "variant": config.get("variant", "none"),
-            "seed": int(config.get("seed", 0)), **{key: value for key, value in run.summary.items() if isinstance(value, (int, float))},
+            "seed": int(config.get("seed", 0)), **{key: value for key, value in config.items() if key.startswith("protocol/")},
+            **{key: value for key, value in run.summary.items() if isinstance(value, (int, float))},
         })
     return pd.DataFrame(rows)
 
@@ -103,11 +105,13 @@ def metric_names(runs: pd.DataFrame, prefix: str = "test", model: str = "trained
 
 def leaderboard(runs: pd.DataFrame, by: Sequence[str] = ("method",), prefix: str = "test", models: Sequence[str] = MODELS,
                 metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Tidy scores: one row per (entry, model, metric) with the mean, the 95% interval's half-width and the seed count."""
+    """Tidy scores: one row per (entry, model, metric) with the mean, the 95% interval's half-width, the seed count and the protocol."""
     metrics = list(metrics or metric_names(runs, prefix))
+    protocol_column = f"protocol/{'long' if prefix.endswith('_long') else 'video'}"
     rows = []
     for key, group in runs.groupby(list(by), sort=False):
         entry = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        entry["protocol"] = ", ".join(sorted(map(str, group[protocol_column].dropna().unique()))) if protocol_column in group else "unrecorded"
         for model in models:
             for metric in metrics:
                 column = f"{prefix}/{model}/{metric}"
@@ -123,7 +127,7 @@ def table(scores: pd.DataFrame, by: Sequence[str] = ("method",), digits: int = 2
     if scores.empty:
         return scores
     shown = scores.assign(value=[f"{m:.{digits}f}" + ("" if math.isnan(h) else f" ± {h:.{digits}f}") for m, h in zip(scores["mean"], scores["ci95"])])
-    return shown.pivot_table(index=[*by, "model"], columns="metric", values="value", aggfunc="first", sort=False)
+    return shown.pivot_table(index=[*by, "model", "protocol"], columns="metric", values="value", aggfunc="first", sort=False)
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,18 @@ def evaluation_commands(run_dir: Path) -> dict[str, list[str]]:
     return commands
 
 
+def heldout_protocols(run_dir: Path) -> dict[str, str]:
+    """The evaluation protocol (metrics preset and version) behind each kind of held-out score."""
+    protocols = {}
+    video, long = run_dir / "heldout_video" / "heldout.json", run_dir / "heldout_long" / "summary.json"
+    if video.is_file():
+        protocols["video"] = json.loads(video.read_text()).get("protocol", "unnamed v0")
+    if long.is_file():
+        metrics = json.loads(long.read_text()).get("metrics", {})
+        protocols["long"] = f"{metrics.get('protocol', 'unnamed')} v{metrics.get('protocol_version', 0)}"
+    return protocols
+
+
 def heldout_metrics(run_dir: Path) -> dict[str, float]:
     """The evaluation's scores as flat W&B-style names: ``test/trained/psnr``, ``test_long/trained/psnr@10s``, ..."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -229,7 +241,7 @@ def heldout_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def log_to_wandb(run_dir: Path, parameters: dict[str, Any], metrics: dict[str, float]) -> str | None:
-    """Add the sweep parameters and held-out scores to the fit's W&B run (offline; as ``wandb agent`` runs hold them); its id, or None."""
+    """Add the sweep parameters (and protocols) and the held-out scores to the fit's W&B run (offline); its id, or None."""
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     if not offline:
         return None
@@ -272,8 +284,10 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
             return None
     metrics = heldout_metrics(run.run_dir)
     result = {"sweep": sweep.name, "sweep_file": str(sweep.path), "run_id": run.run_dir.name, "parameters": run.parameters,
-              "overrides": run.overrides, "metrics": metrics, "fit_seconds": round(fit_seconds, 1),
-              "evaluation_seconds": round(time.time() - started - fit_seconds, 1), "wandb_id": log_to_wandb(run.run_dir, run.parameters, metrics)}
+              "overrides": run.overrides, "metrics": metrics, "protocols": heldout_protocols(run.run_dir), "fit_seconds": round(fit_seconds, 1),
+              "evaluation_seconds": round(time.time() - started - fit_seconds, 1), "wandb_id": None}
+    protocols = {f"protocol/{kind}": name for kind, name in result["protocols"].items()}
+    result["wandb_id"] = log_to_wandb(run.run_dir, run.parameters | protocols, metrics)
     atomic_write_json(result_file, result)
     return result
 

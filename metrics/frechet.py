@@ -112,8 +112,16 @@ class FrechetMetric(Metric):
         return torch.tensor(frechet_distance(*generated, *target), dtype=torch.float64)
 
 
+FID_SAMPLES = ("frames", "per_clip")
+
+
 class FID(FrechetMetric):
-    """FID over all frames: torch-fidelity's InceptionV3 (2015-12-05 weights), 2048-d pool3."""
+    """FID: torch-fidelity's InceptionV3 (2015-12-05 weights), 2048-d pool3 features of every frame.
+
+    ``samples="frames"`` (default): all frames of all clips pooled into one distance.
+    ``samples="per_clip"``: One-to-All's released evaluation (pytorch-fid on each clip's folder of
+    frames against its ground truth's): one distance per clip pair, averaged over clips.
+    """
 
     name = "fid"
 
@@ -122,12 +130,18 @@ class FID(FrechetMetric):
         weights_path: str | None = None,
         weights_dir: str | None = None,
         covariance: str = "unbiased",
+        samples: str = "frames",
         extractor=None,
         **kwargs,
     ) -> None:
+        if samples not in FID_SAMPLES:
+            raise ValueError(f"fid: samples must be one of {FID_SAMPLES}, got {samples!r}")
         if extractor is None:
             extractor = extractors.inception(str(weights.locate(weights.INCEPTION, weights_dir, weights_path)))
         super().__init__(extractor, covariance, **kwargs)
+        self.samples = samples
+        self.add_state("clip_fid_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("clip_count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def features(self, video: torch.Tensor) -> Iterator[torch.Tensor]:
         """Inception features of every frame, ``frame_chunk`` frames at a time."""
@@ -135,8 +149,30 @@ class FID(FrechetMetric):
             chunk = video[:, :, start:stop].to(self.generated_sum.device)
             yield self.extractor(flatten_frames(to_uint8(chunk)))
 
+    def update(self, generated: torch.Tensor, target: torch.Tensor) -> None:
+        """``frames``: every frame a sample of one pooled distance; ``per_clip``: one distance per clip pair, averaged."""
+        if self.samples == "frames":
+            return super().update(generated, target)
+        check_pair(generated, target)
+        for clip_generated, clip_target in zip(generated, target):
+            sides = [torch.cat(list(self.features(clip[None]))).double().cpu().numpy() for clip in (clip_generated, clip_target)]
+            if len(sides[0]) < 2:
+                raise ValueError(f"fid: samples=per_clip needs clips of at least 2 frames, got {len(sides[0])}")
+            moments = [(side.mean(axis=0), np.atleast_2d(np.cov(side, rowvar=False, ddof=self.ddof))) for side in sides]
+            self.clip_fid_sum += frechet_distance(*moments[0], *moments[1])
+            self.clip_count += 1
 
-SAMPLES = ("windows", "clip_mean")
+    def compute(self) -> torch.Tensor:
+        """The pooled distance, or the mean of the per-clip distances; NaN (with a warning) without enough samples."""
+        if self.samples == "frames":
+            return super().compute()
+        if int(self.clip_count) == 0:
+            rank_zero_warn("fid: samples=per_clip has no clip yet; returning NaN")
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.clip_fid_sum / self.clip_count
+
+
+SAMPLES = ("windows", "clip_mean", "first_window", "whole_clip")
 
 
 class VideoFrechetMetric(FrechetMetric):
@@ -145,7 +181,9 @@ class VideoFrechetMetric(FrechetMetric):
     ``samples="windows"``: every window at ``window_stride`` is one sample (DisCo's evaluation cuts
     a 16-frame GIF at every frame: stride 1). ``samples="clip_mean"``: DisCo's per-video code: the
     clip is padded with its last frame to a multiple of the window, cut into consecutive windows,
-    and their features averaged into one sample per clip.
+    and their features averaged into one sample per clip. ``samples="first_window"``: the first
+    window of each clip is its one sample (StyleGAN-V: one 16-frame clip per video).
+    ``samples="whole_clip"``: the whole clip through the network as one sample (One-to-All's FVD).
     """
 
     def __init__(self, extractor, samples: str = "windows", window_stride: int = 16, **kwargs) -> None:
@@ -158,11 +196,17 @@ class VideoFrechetMetric(FrechetMetric):
         self.window_stride = window_stride
 
     def features(self, video: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Window features (``windows``) or one averaged feature per clip (``clip_mean``)."""
+        """Window features (``windows``), or one feature per clip (the others)."""
         length = self.extractor.frames
         for clip in video:
             if self.samples == "windows":
                 yield from self.window_features(clip_windows(clip, length, self.window_stride))
+            elif self.samples == "first_window":
+                if clip.shape[1] < length:
+                    raise ValueError(f"{self.name}: samples=first_window needs clips of at least {length} frames, got {clip.shape[1]}")
+                yield from self.window_features(clip_windows(clip, length, length)[:1])
+            elif self.samples == "whole_clip":
+                yield from self.window_features(clip[None])
             else:
                 padded = pad_to_multiple(clip, length)
                 per_window = torch.cat(list(self.window_features(clip_windows(padded, length, length))))

@@ -179,3 +179,62 @@ def test_kinetics_features_subtract_the_mean_at_112():
     features(windows)
     assert seen[0].shape == (1, 3, 16, 112, 112)
     assert seen[0][0, :, 0, 50, 50].tolist() == pytest.approx([100 - 114.7748, 100 - 107.7354, 100 - 99.4750], abs=1e-3)
+
+
+class AnyLengthMean:
+    """A toy video extractor taking windows of any length: the mean colour; records the lengths it saw."""
+
+    dim, frames = 3, 4
+
+    def __init__(self) -> None:
+        self.lengths = []
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        self.lengths += [windows.shape[2]] * windows.shape[0]
+        return windows.float().mean(dim=(2, 3, 4))
+
+
+def grey(levels: list[list[int]]) -> torch.Tensor:
+    """Clips ``(B, 3, T, 2, 2)`` of flat grey uint8 frames at the given levels."""
+    return torch.tensor(levels, dtype=torch.uint8)[:, None, :, None, None].expand(-1, 3, -1, 2, 2).contiguous()
+
+
+def test_per_clip_fid_is_the_mean_of_each_clips_distance():
+    # clip 1: generated grey levels 0, 2 against 1, 3; clip 2: 0, 2 against 2, 4. Within a clip both sides have the
+    # same covariance (2 on every entry of the 3 x 3 grey feature), so each distance is |mean difference|^2 over
+    # 3 channels: 3 x 1^2 = 3 and 3 x 2^2 = 12, averaged 7.5 (pytorch-fid per folder, then the mean over clips).
+    generated, target = grey([[0, 2], [0, 2]]), grey([[1, 3], [2, 4]])
+    per_clip = FID(extractor=MeanColour(), samples="per_clip")
+    per_clip.update(generated, target)
+    assert per_clip.compute().item() == pytest.approx(7.5, abs=1e-3)
+    pooled = FID(extractor=MeanColour())  # all frames in one distribution: means 1 vs 2.5, variances 4/3 vs 5/3 (rank one)
+    pooled.update(generated, target)
+    assert pooled.compute().item() == pytest.approx(3 * 1.5**2 + 3 * (np.sqrt(4 / 3) - np.sqrt(5 / 3)) ** 2, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        FID(extractor=MeanColour(), samples="per_clip").update(grey([[0]]), grey([[1]]))
+
+
+def test_whole_clip_fvd_feeds_each_clip_once_and_first_window_its_first_window():
+    extractor = AnyLengthMean()
+    whole = FVD(extractor=extractor, samples="whole_clip")
+    clips = grey([[0] * 5 + [60] * 5, [30] * 10])
+    whole.update(clips, clips)
+    assert extractor.lengths == [10, 10, 10, 10] and int(whole.generated_count) == 2  # one sample per clip, all its frames
+    assert whole.generated_sum.tolist() == pytest.approx([30 + 30] * 3)
+    first = FVD(extractor=AnyLengthMean(), samples="first_window")  # StyleGAN-V: one 4-frame clip (here) per video
+    first.update(clips, clips)
+    assert int(first.generated_count) == 2 and first.generated_sum.tolist() == pytest.approx([0 + 30] * 3)
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        first.update(grey([[0, 0, 0]]), grey([[0, 0, 0]]))
+
+
+def test_each_preset_pins_its_protocol():
+    from common.cli import compose_config
+
+    presets = {name: compose_config("evaluate", [f"metrics={name}"]).metrics for name in ("onetoall", "disco", "frameprompt", "everanimate", "cheap")}
+    onetoall = presets["onetoall"]
+    assert (onetoall.fid.samples, onetoall.fid_vid.samples, onetoall.fvd.samples, onetoall.fvd.network) == ("per_clip", "clip_mean", "whole_clip", "disco")
+    assert (presets["disco"].fvd.samples, presets["disco"].fvd.window_stride, presets["disco"].fid.samples) == ("windows", 1, "frames")
+    assert (presets["frameprompt"].fvd.network, presets["frameprompt"].fvd.samples) == ("styleganv", "first_window")
+    names = {(m.protocol, m.protocol_version) for m in presets.values()}
+    assert len(names) == len(presets) and all(isinstance(version, int) and version >= 1 for _, version in names)

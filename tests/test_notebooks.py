@@ -37,7 +37,9 @@ def make_run(root: Path, sweep: str, conf: str, variant: str, seed: int, paramet
     grids = run_dir / "heldout_video" / "grids" / "trained"
     grids.mkdir(parents=True)
     Image.fromarray(np.full((16, 64, 3), 40 * seed, np.uint8)).save(grids / "clip.png")
-    (run_dir / "result.json").write_text(json.dumps({"sweep": sweep, "run_id": run_dir.name, "parameters": parameters | {"seed": seed}, "metrics": metrics}))
+    protocols = {"video": "synthetic v1"} | ({"long": "framework v1"} if long_psnr is not None else {})
+    (run_dir / "result.json").write_text(json.dumps({"sweep": sweep, "run_id": run_dir.name, "parameters": parameters | {"seed": seed}, "metrics": metrics,
+                                                     "protocols": protocols}))
     return run_dir
 
 
@@ -85,8 +87,9 @@ def test_verdicts_pair_seeds_and_respect_the_metric_direction():
 def test_leaderboard_rows_hold_the_method_and_every_baseline(runs_root):
     runs = lb.load_runs(runs_root / "leaderboard")
     board = lb.table(lb.leaderboard(runs, by=["method"]), by=["method"])
-    assert set(board.index) == {(m, model) for m in ("UniAnimate-DiT", "FramePrompt", "One-to-All", "EverAnimate") for model in lb.MODELS}
-    assert board.loc[("FramePrompt", "trained"), "psnr"].startswith("17.4")
+    methods = ("UniAnimate-DiT", "FramePrompt", "One-to-All", "EverAnimate")
+    assert set(board.index) == {(m, model, "synthetic v1") for m in methods for model in lb.MODELS}  # the protocol beside every number
+    assert board.loc[("FramePrompt", "trained", "synthetic v1"), "psnr"].startswith("17.4")
     with pytest.raises(FileNotFoundError, match="no finished sweep runs"):
         lb.load_runs(runs_root / "nothing")
 
@@ -102,7 +105,7 @@ def _outputs(nb) -> str:
 
 
 EXPECTED = {  # notebook -> what its executed tables must show
-    "leaderboard": ["UniAnimate-DiT", "EverAnimate", "repeat_reference", "psnr@10s", "image/png"],
+    "leaderboard": ["UniAnimate-DiT", "EverAnimate", "repeat_reference", "psnr@10s", "image/png", "synthetic v1", "framework v1"],
     "frameprompt_table1": ["LoRA 16", "half-frames loss beats all-frames (full fine-tune), PSNR", "reproduced", "refuted"],
     "unianimate_ablations": ["5-layer pose encoder", "fewer pose-encoder layers hurt", "reproduced", "inconclusive at this scale"],
     "onetoall_tables_3_5": ["Base Ref. Extractor", "f = 0 extrapolates", "reproduced", "inconclusive at this scale"],

@@ -107,6 +107,7 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
 
     board = leaderboard(load_runs(root / "tiny"), by=["method"])  # the runs the runner wrote feed the notebooks' tables
     assert set(board["model"]) == {"trained", "untrained", "base", "repeat_reference"} and set(board["seeds"]) == {2}
+    assert set(board["protocol"]) == {"synthetic v1"} and results[0]["protocols"] == {"video": "synthetic v1", "long": "framework v1"}
 
     stamp = {r["run_id"]: (root / "tiny" / r["run_id"] / RESULT).stat().st_mtime_ns for r in results}
     capsys.readouterr()
