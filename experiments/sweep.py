@@ -223,10 +223,12 @@ def heldout_protocols(run_dir: Path) -> dict[str, str]:
 
 
 def heldout_metrics(run_dir: Path) -> dict[str, float]:
-    """The evaluation's scores as flat W&B-style names: ``test/trained/psnr``, ``test_long/trained/psnr@10s``, ..."""
+    """The fit's last logged metrics (``val/psnr_mask``: what a sweep's ``metric`` names) and the evaluation's scores
+    under flat W&B-style names: ``test/trained/psnr``, ``test_long/trained/psnr@10s``, ..."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     split = (cfg.get("heldout") or {}).get("split", "test")
-    metrics = {}
+    summary = run_dir / "summary.json"
+    metrics = dict(json.loads(summary.read_text()).get("metrics", {})) if summary.is_file() else {}
     video = run_dir / "heldout_video" / "heldout.json"
     if video.is_file():
         for model, values in json.loads(video.read_text())["overall"].items():

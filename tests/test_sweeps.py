@@ -98,7 +98,7 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
     for result in results:
         run_dir = root / "tiny" / result["run_id"]
         assert result["parameters"]["seed"] in (0, 1) and (run_dir / RESULT).is_file()
-        assert {"test/trained/psnr", "test/repeat_reference/psnr_mask", "test/untrained/silhouette_iou", "test_long/trained/psnr"} <= set(result["metrics"])
+        assert {"test/trained/psnr", "test/repeat_reference/psnr_mask", "test/untrained/silhouette_iou", "test_long/trained/psnr", "val/psnr_mask"} <= set(result["metrics"])
         assert (run_dir / "heldout_long" / "drift.csv").is_file()
         offline = list((run_dir / "wandb").glob(f"offline-run-*-{result['wandb_id']}"))
         assert len(offline) == 2  # the fit's W&B run and the held-out scores added to it (offline, synced as one run)
