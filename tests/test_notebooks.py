@@ -129,3 +129,26 @@ def test_export_writes_a_self_contained_html_report(runs_root, tmp_path):
     html = out.read_text()
     assert out == tmp_path / "report.html" and "Leaderboard" in html and "One-to-All" in html
     assert html.count("data:image/png;base64") >= 5  # the drift plot and a grid per method, embedded
+
+
+def test_runs_come_from_a_wandb_project_the_same_way(monkeypatch):
+    import types
+
+    import wandb
+
+    def run(method: str, seed: int, psnr: float):
+        return types.SimpleNamespace(url=f"https://wandb.ai/me/animate/runs/{seed}", sweep=types.SimpleNamespace(name="leaderboard"),
+                                     config={"seed": seed, "method": {"_target_": f"animate.methods.x.{method}"}, "variant": "none",
+                                             "protocol/video": "synthetic v1"},
+                                     summary={"test/trained/psnr": psnr, "_runtime": 12.0, "note": "text"})
+
+    class Api:
+        def runs(self, project, filters):
+            assert project == "me/animate" and filters == {"state": "finished"}
+            return [run("FramePrompt", 0, 17.0), run("FramePrompt", 1, 18.0)]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    monkeypatch.setenv(lb.WANDB_ENV, "me/animate")
+    runs = lb.load_runs(lb.runs_source("unused"))
+    scores = lb.leaderboard(runs, by=["method"], models=["trained"])
+    assert list(scores["method"]) == ["FramePrompt"] and scores["mean"].item() == 17.5 and scores["protocol"].item() == "synthetic v1"
