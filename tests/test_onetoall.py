@@ -337,3 +337,17 @@ def test_causal_pose_encoder_compresses_like_the_vae_and_patchify():
     encoder = CausalPoseEncoder(8, channels=4)
     assert encoder(torch.zeros(1, 3, 17, 64, 32)).shape == (1, 8, 5, 4, 2)
     assert encoder(torch.zeros(1, 3, 1, 64, 32)).shape == (1, 8, 1, 4, 2)
+
+
+def test_without_the_reference_extractor_the_reference_is_the_frame_in_front_alone():
+    system = onetoall(reference_extractor=False, pose_control=dict(enabled=False))
+    assert system.reference_extractor is None and not any("reference_extractor" in name for name, _ in system.named_parameters())
+    processors = [block.attn1.processor for block in system.backbone.transformer.blocks]
+    assert not any(isinstance(p, HybridReferenceAttnProcessor) for p in processors)  # no HRFA either
+    loss = system.loss(fake_batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+    seq = full_sequence(system, fake_batch(), training=False)
+    assert seq.prefix_frames == 1 and "reference_states" not in seq.attention_kwargs  # the reference: the frame in front, only
+    with pytest.raises(ValueError, match="no path for the reference"):
+        onetoall(reference_extractor=False, reference_prefix="none")

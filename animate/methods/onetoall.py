@@ -8,6 +8,8 @@ Where each idea lives:
   latent on channels, M text-free blocks, M + 1 zero-initialised projections; block i reads
   feature i // n).
 - HRFA: :mod:`animate.modules.hrfa`, the self-attention processor every block runs.
+  ``reference_extractor=false`` removes both (the ablation against the I2V backbone's first-frame
+  prior, Fig. 8): the reference then enters only as the latent frame in front.
 - Identity-robust pose control: face region enhancement in the data pipeline
   (``data.face_enhancement``, :func:`common.pose.augment.enhance_face`, drawn lightened;
   ``data.lightened_poses`` is the inference switch); reference-guided pose control in
@@ -95,6 +97,7 @@ class OneToAll(AnimationSystem):
         self,
         backbone: WanBackbone,
         optimizer,
+        reference_extractor: bool = True,
         extractor_blocks: int = 14,
         extractor_timestep: bool = False,
         query_rope: str = "frame0",
@@ -122,8 +125,10 @@ class OneToAll(AnimationSystem):
         pose_cfg = dict(enabled=True, style="paper", channels=16, blocks_per_stage=2, groups=4, blocks=2) | dict(pose_control or {})
         if pose_cfg["style"] not in POSE_STYLES:
             raise ValueError(f"method.pose_control.style={pose_cfg['style']!r}: use one of {', '.join(POSE_STYLES)}")
+        if not reference_extractor and reference_prefix == "none":
+            raise ValueError("method.reference_extractor=false with reference_prefix=none leaves no path for the reference: keep one")
         # built from the backbone's blocks before LoRA wraps them (AnimationSystem.__init__)
-        extractor = ReferenceExtractor(backbone, extractor_blocks, timestep=extractor_timestep)
+        extractor = ReferenceExtractor(backbone, extractor_blocks, timestep=extractor_timestep) if reference_extractor else None
         prefix_encoder = None
         if reference_prefix == "encoded":
             prefix_encoder = ReferencePrefixEncoder(2 * backbone.latent_channels, backbone.latent_channels, groups=pose_cfg["groups"])
@@ -132,7 +137,8 @@ class OneToAll(AnimationSystem):
             control = ReferenceGuidedPoseControl(backbone, pose_cfg["channels"], pose_cfg["blocks_per_stage"], pose_cfg["groups"])
         elif pose_cfg["enabled"]:
             control = ControlNetPoseBranch(backbone, pose_cfg["blocks"], pose_cfg["channels"], pose_cfg["groups"])
-        install_hrfa(backbone.transformer, extractor.feature_of_block, query_rope)
+        if extractor is not None:  # without it the reference enters only as the frame in front (the I2V backbone's first-frame prior)
+            install_hrfa(backbone.transformer, extractor.feature_of_block, query_rope)
         super().__init__(backbone, optimizer, **kwargs)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         self.reference_extractor = extractor
@@ -201,7 +207,8 @@ class OneToAll(AnimationSystem):
         kept = (~drop["reference"]).to(reference.dtype)  # (B,)
         reference_input = torch.cat([reference, latents["reference_mask"]], dim=1)  # (B, 2C, 1, h, w)
         attention_kwargs = {}
-        if not self.reference_extractor.timestep:
+        per_step = self.reference_extractor is not None and self.reference_extractor.timestep
+        if self.reference_extractor is not None and not per_step:
             states = self.reference_extractor(reference_input, self.reference_rotary(reference_input))
             attention_kwargs["reference_states"] = keep_samples(states, drop["reference"])
         prefix = []
@@ -239,8 +246,8 @@ class OneToAll(AnimationSystem):
             frame_ids=frame_ids,
             injections=injections,
             attention_kwargs=attention_kwargs,
-            reference_input=reference_input if self.reference_extractor.timestep else None,
-            reference_kept=kept if self.reference_extractor.timestep else None,
+            reference_input=reference_input if per_step else None,
+            reference_kept=kept if per_step else None,
             pose_tokens=pose_tokens,
             pose_scale=pose_scale,
             prefix_frames=n_ref,
