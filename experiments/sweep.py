@@ -14,6 +14,7 @@ again and finished runs are skipped, an interrupted one resumes from its last ch
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --dry-run   # the planned runs and their commands
     python -m experiments.sweep sweeps/frameprompt_table1.yaml             # run them here, one after another
     python -m experiments.sweep sweeps/everanimate_table2.yaml --count 4   # at most 4 new runs (random / bayes need it)
+    python -m experiments.sweep sweeps/frameprompt_table1.yaml --archive docs/results/sweeps   # keep the results the notebooks read
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --launcher slurm \\
         --launcher-arg hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1
         # every planned run a Slurm job, through Hydra's submitit launcher (experiments.sweep_run)
@@ -28,6 +29,7 @@ import logging
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -294,6 +296,25 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
     return result
 
 
+ARCHIVED = (RESULT, PARAMETERS, ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
+            "heldout_video/heldout.json", "heldout_long/summary.json", "heldout_long/drift.csv")
+
+
+def archive(sweep: Sweep, root: Path, out: Path) -> list[Path]:
+    """Copy what the notebooks read of each finished run (scores, configs, drift curve, one sample grid) to ``out/NAME/RUN_ID``."""
+    copied = []
+    for result in sorted((root / sweep.name).glob(f"*/{RESULT}")):
+        run_dir, target = result.parent, out / sweep.name / result.parent.name
+        grids = sorted((run_dir / "heldout_video" / "grids" / "trained").glob("*.png"))[:1]
+        for source in [run_dir / name for name in ARCHIVED] + grids:
+            if source.is_file():
+                destination = target / source.relative_to(run_dir)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, destination)
+        copied.append(target)
+    return copied
+
+
 def launcher_command(sweep: Sweep, plan_file: Path, runs: int, launcher: str, launcher_args: list[str]) -> list[str]:
     """The Hydra multirun of experiments.sweep_run that submits each planned run as one job."""
     return [sys.executable, "-m", "experiments.sweep_run", "-m", f"plan={plan_file}", f"index={','.join(map(str, range(runs)))}",
@@ -309,6 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
                         help="local: one after another here; slurm: each run a Slurm job (Hydra's submitit launcher)")
     parser.add_argument("--launcher-arg", nargs="*", default=[], help="Hydra overrides for the launcher, e.g. hydra.launcher.partition=gpu")
+    parser.add_argument("--archive", type=Path, default=None,
+                        help="copy the finished runs' results (what the notebooks read) to ARCHIVE/NAME/ to keep or commit them; runs nothing")
     return parser.parse_args(argv)
 
 
@@ -318,6 +341,10 @@ def main(argv: list[str] | None = None) -> list[dict | None]:
     sweep = load_sweep(args.sweep)
     if args.launcher != "local" and sweep.config["method"] == "bayes":
         raise UsageError(f"{sweep.path}: bayes proposes each run from the finished ones; run it with --launcher local")
+    if args.archive is not None:
+        copied = archive(sweep, args.root, args.archive)
+        print(f"sweep {sweep.name}: {len(copied)} finished runs copied to {args.archive / sweep.name}")
+        return []
     runs, finished = plan(sweep, args.root, args.count)
     print(f"sweep {sweep.name} ({sweep.config['method']}): {finished} finished, {len(runs)} to run in {args.root / sweep.name}")
     if args.dry_run:

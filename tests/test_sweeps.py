@@ -109,6 +109,11 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
     assert set(board["model"]) == {"trained", "untrained", "base", "repeat_reference"} and set(board["seeds"]) == {2}
     assert set(board["protocol"]) == {"synthetic v1"} and results[0]["protocols"] == {"video": "synthetic v1", "long": "framework v1"}
 
+    main([str(path), "--root", str(root), "--archive", str(tmp_path / "kept")])  # what the notebooks read, small enough to commit
+    kept = load_runs(tmp_path / "kept" / "tiny")
+    assert len(kept) == 2 and set(kept["test/trained/psnr"]) == {r["metrics"]["test/trained/psnr"] for r in results}
+    assert not list((tmp_path / "kept").rglob("*.ckpt")) and len(list((tmp_path / "kept").rglob("*.png"))) == 2
+
     stamp = {r["run_id"]: (root / "tiny" / r["run_id"] / RESULT).stat().st_mtime_ns for r in results}
     capsys.readouterr()
     main([str(path), "--root", str(root)])
