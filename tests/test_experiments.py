@@ -274,6 +274,11 @@ def test_generate_animates_your_own_reference_and_driving_poses(workdir, conf, s
     no_pose = subprocess.run([sys.executable, "-m", "experiments.generate", *[a for a in args if not a.startswith("reference_pose=")]],
                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert no_pose.returncode != 0 and "reference_pose=FILE" in no_pose.stderr and "Traceback" not in no_pose.stderr
+    if conf == "everanimate":  # a reference without a person (no confident keypoint): one line, no generation
+        np.save(inputs / "nobody_pose.npy", np.zeros((1, 133, 3), np.float32))
+        nobody = [a if not a.startswith("reference_pose=") else f"reference_pose={inputs / 'nobody_pose.npy'}" for a in args]
+        result = subprocess.run([sys.executable, "-m", "experiments.generate", *nobody], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and "cannot place the reference" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_evaluate_scores_long_clips_at_horizons_with_drift_curves(workdir):
