@@ -29,7 +29,7 @@ from common.video import side_by_side, write_png
 from experiments.cli import UsageError, run
 from experiments.custom_input import animate_custom
 from experiments.prediction import MODELS, check_model, end_distributed, has_pretrained_base, heldout_loader, load_run, predict_clips
-from metrics.evaluation import run_evaluation
+from metrics.evaluation import protocol_of, run_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,6 @@ def generate(cfg: DictConfig) -> dict | Path | None:
     print(format_table(overall))
     print(f"wrote {report['clips']} clips per model and heldout.json to {out}")
     return report
-
-
-def protocol_of(metrics_cfg) -> str:
-    """``NAME vVERSION`` of a metrics config (conf/metrics presets; ``unnamed`` for a hand-made one)."""
-    return f"{metrics_cfg.get('protocol', 'unnamed')} v{metrics_cfg.get('protocol_version', 0)}"
 
 
 def write_figure(grids: Path, path: str, clips: int) -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from common.cli import UsageError
 from common.files import atomic_write_json
@@ -175,8 +175,7 @@ def plan(sweep: Sweep, root: Path, count: int | None = None) -> tuple[list[Plann
 
 def fit_command(sweep: Sweep, run: PlannedRun) -> list[str]:
     """The sweep's command for this run (macros expanded as ``wandb agent`` does) in the run's folder, or ``resume=`` it."""
-    summary = run.run_dir / "summary.json"
-    if (run.run_dir / "last.ckpt").is_file() and not summary.is_file():
+    if (run.run_dir / "last.ckpt").is_file() and not fit_finished(run.run_dir):  # killed, or interrupted (its summary says so)
         return [sys.executable, "-m", "experiments.fit", f"resume={run.run_dir}"]
     expanded = {"${env}": [], "${interpreter}": [sys.executable], "${program}": [str(sweep.config.get("program", ""))],
                 "${args_no_hyphens}": run.overrides}
@@ -194,9 +193,13 @@ def fit_finished(run_dir: Path) -> bool:
     return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
 
 
-def evaluation_commands(run_dir: Path) -> dict[str, list[str]]:
+def run_config(run_dir: Path) -> DictConfig:
+    """The config a run's fit composed (``.hydra/config.yaml``)."""
+    return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+
+
+def evaluation_commands(run_dir: Path, cfg: DictConfig) -> dict[str, list[str]]:
     """The held-out evaluation the run's config asks for (``heldout``): kind -> command."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     heldout = cfg.get("heldout") or {}
     ckpt = run_dir / "last.ckpt"
     commands = {}
@@ -212,46 +215,37 @@ def evaluation_commands(run_dir: Path) -> dict[str, list[str]]:
     return commands
 
 
-def heldout_protocols(run_dir: Path) -> dict[str, str]:
-    """The evaluation protocol (metrics preset and version) behind each kind of held-out score."""
-    protocols = {}
-    video, long = run_dir / "heldout_video" / "heldout.json", run_dir / "heldout_long" / "summary.json"
-    if video.is_file():
-        protocols["video"] = json.loads(video.read_text()).get("protocol", "unnamed v0")
-    if long.is_file():
-        metrics = json.loads(long.read_text()).get("metrics", {})
-        protocols["long"] = f"{metrics.get('protocol', 'unnamed')} v{metrics.get('protocol_version', 0)}"
-    return protocols
-
-
-def heldout_metrics(run_dir: Path) -> dict[str, float]:
-    """The fit's last logged metrics (``val/psnr_mask``: what a sweep's ``metric`` names) and the evaluation's scores
-    under flat W&B-style names: ``test/trained/psnr``, ``test_long/trained/psnr@10s``, ..."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+def heldout_scores(run_dir: Path, cfg: DictConfig) -> tuple[dict[str, float], dict[str, str]]:
+    """The fit's last logged metrics (``val/psnr_mask``: what a sweep's ``metric`` names) and the evaluation's scores under
+    flat W&B-style names (``test/trained/psnr``, ``test_long/trained/psnr@10s``, ...), and the protocol behind each kind."""
     split = (cfg.get("heldout") or {}).get("split", "test")
     summary = run_dir / "summary.json"
     metrics = dict(json.loads(summary.read_text()).get("metrics", {})) if summary.is_file() else {}
+    protocols = {}
     video = run_dir / "heldout_video" / "heldout.json"
     if video.is_file():
-        for model, values in json.loads(video.read_text())["overall"].items():
+        report = json.loads(video.read_text())
+        protocols["video"] = report.get("protocol", "unnamed v0")
+        for model, values in report["overall"].items():
             metrics |= {f"{split}/{model}/{name}": value for name, value in values.items()}
     long = run_dir / "heldout_long" / "summary.json"
     if long.is_file():
-        for horizon, values in json.loads(long.read_text())["summary"].items():
+        report = json.loads(long.read_text())
+        protocols["long"] = report.get("protocol", "unnamed v0")
+        for horizon, values in report["summary"].items():
             suffix = "" if horizon == "full" else f"@{horizon}"
             metrics |= {f"{split}_long/trained/{name}{suffix}": value for name, value in values.items()
                         if isinstance(value, (int, float)) and not name.startswith("clips")}
-    return metrics
+    return metrics, protocols
 
 
-def log_to_wandb(run_dir: Path, parameters: dict[str, Any], metrics: dict[str, float]) -> str | None:
+def log_to_wandb(run_dir: Path, cfg: DictConfig, parameters: dict[str, Any], metrics: dict[str, float]) -> str | None:
     """Add the sweep parameters (and protocols) and the held-out scores to the fit's W&B run (offline); its id, or None."""
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     if not offline:
         return None
     import wandb
 
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     wandb_id = offline[-1].name.rsplit("-", 1)[-1]
     with wandb.init(id=wandb_id, project=cfg.logger.get("project", "animate"), dir=str(run_dir), mode="offline", resume="allow",
                     settings=wandb.Settings(silent=True)) as wandb_run:
@@ -281,17 +275,18 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
             log.error("%s: the fit failed (see %s); run the sweep again to resume it", run.run_dir, run.run_dir / "training.log")
             return None
     fit_seconds = time.time() - started
-    for kind, command in evaluation_commands(run.run_dir).items():
+    cfg = run_config(run.run_dir)
+    for kind, command in evaluation_commands(run.run_dir, cfg).items():
         log.info("%s: %s", run.run_dir, shlex.join(command))
         if subprocess.run(command, env=child_environment()).returncode != 0:
             log.error("%s: the %s evaluation failed; run the sweep again to retry it", run.run_dir, kind)
             return None
-    metrics = heldout_metrics(run.run_dir)
+    evaluation_seconds = time.time() - started - fit_seconds
+    metrics, protocols = heldout_scores(run.run_dir, cfg)
+    wandb_id = log_to_wandb(run.run_dir, cfg, run.parameters | {f"protocol/{kind}": name for kind, name in protocols.items()}, metrics)
     result = {"sweep": sweep.name, "sweep_file": str(sweep.path), "run_id": run.run_dir.name, "parameters": run.parameters,
-              "overrides": run.overrides, "metrics": metrics, "protocols": heldout_protocols(run.run_dir), "fit_seconds": round(fit_seconds, 1),
-              "evaluation_seconds": round(time.time() - started - fit_seconds, 1), "wandb_id": None}
-    protocols = {f"protocol/{kind}": name for kind, name in result["protocols"].items()}
-    result["wandb_id"] = log_to_wandb(run.run_dir, run.parameters | protocols, metrics)
+              "overrides": run.overrides, "metrics": metrics, "protocols": protocols, "fit_seconds": round(fit_seconds, 1),
+              "evaluation_seconds": round(evaluation_seconds, 1), "wandb_id": wandb_id}
     atomic_write_json(result_file, result)
     return result
 

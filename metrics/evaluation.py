@@ -278,6 +278,11 @@ def write_csv(path: Path, rows: Iterable[Mapping]) -> None:
         writer.writerows(rows)
 
 
+def protocol_of(metrics_cfg: Mapping) -> str:
+    """``NAME vVERSION`` of a metrics config (conf/metrics presets; ``unnamed v0`` for a hand-made one), recorded beside its numbers."""
+    return f"{metrics_cfg.get('protocol', 'unnamed')} v{metrics_cfg.get('protocol_version', 0)}"
+
+
 def write_reports(
     out_dir: Path, rows: list[dict], summary: dict[str, dict[str, float]], cfg: DictConfig, inputs: Mapping[str, Any]
 ) -> None:
@@ -287,6 +292,7 @@ def write_reports(
     write_csv(out_dir / "summary.csv", ({"horizon": h, **values} for h, values in summary.items()))
     report = {
         **inputs,
+        "protocol": protocol_of(cfg.metrics),
         "fps": cfg.fps,
         "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
         "summary": {h: {k: json_safe(v) for k, v in values.items()} for h, values in summary.items()},
