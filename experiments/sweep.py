@@ -14,6 +14,8 @@ again and finished runs are skipped, an interrupted one resumes from its last ch
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --dry-run   # the planned runs and their commands
     python -m experiments.sweep sweeps/frameprompt_table1.yaml             # run them here, one after another
     python -m experiments.sweep sweeps/everanimate_table2.yaml --count 4   # at most 4 new runs (random / bayes need it)
+    python -m experiments.sweep sweeps/unianimate_ablations.yaml --only variant=none,unianimate_pose_layers_5
+        # a slice of a grid: one claim's rows over every seed first (same run folders as the whole grid)
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --archive docs/results/sweeps   # keep the results the notebooks read
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --launcher slurm \\
         --launcher-arg hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1
@@ -89,6 +91,9 @@ def sweep_engine():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         import sweeps
+        import sweeps.bayes_search  # noqa: F401  imported by next_run on first use, and those imports draw
+        import sweeps.grid_search  # noqa: F401   random numbers: imported here, before plan() seeds, so the
+        import sweeps.random_search  # noqa: F401  first plan in a process proposes what every later one does
     return sweeps
 
 
@@ -171,6 +176,26 @@ def plan(sweep: Sweep, root: Path, count: int | None = None) -> tuple[list[Plann
         todo.append(PlannedRun(parameters, root / sweep.name / proposal.name))
         new += 1
     return todo, finished
+
+
+def parse_slice(sweep: Sweep, only: list[str]) -> dict[str, list[str]]:
+    """``KEY=V1,V2`` arguments as the values kept per parameter, checked against the sweep's parameters."""
+    if only and sweep.config["method"] != "grid":
+        raise UsageError(f"{sweep.path}: --only slices a grid; a {sweep.config['method']} sweep proposes from all its runs")
+    kept = {}
+    for item in only:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UsageError(f"--only {item}: write KEY=VALUE[,VALUE...], e.g. --only variant=none,unianimate_pose_layers_5")
+        if key not in sweep.config["parameters"]:
+            raise UsageError(f"--only {item}: {key} is not a parameter of {sweep.path} ({', '.join(sweep.config['parameters'])})")
+        kept[key] = values.split(",")
+    return kept
+
+
+def in_slice(run: PlannedRun, kept: dict[str, list[str]]) -> bool:
+    """Whether the run's values are among the kept ones (compared as ``key=value`` writes them)."""
+    return all(str(run.parameters.get(key)) in values for key, values in kept.items())
 
 
 def fit_command(sweep: Sweep, run: PlannedRun) -> list[str]:
@@ -321,6 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("sweep", help="a W&B sweep file (sweeps/*.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and their commands, run nothing")
     parser.add_argument("--count", type=int, default=None, help="at most this many new runs (needed by random and bayes)")
+    parser.add_argument("--only", nargs="*", default=[], metavar="KEY=V1,V2",
+                        help="run only the grid's runs with these parameter values, e.g. --only variant=none,unianimate_pose_layers_5")
     parser.add_argument("--root", type=Path, default=SWEEP_ROOT, help=f"where the sweep's runs live (default {SWEEP_ROOT})")
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local",
                         help="local: one after another here; slurm: each run a Slurm job (Hydra's submitit launcher)")
@@ -340,8 +367,11 @@ def main(argv: list[str] | None = None) -> list[dict | None]:
         copied = archive(sweep, args.root, args.archive)
         print(f"sweep {sweep.name}: {len(copied)} finished runs copied to {args.archive / sweep.name}")
         return []
+    kept = parse_slice(sweep, args.only)
     runs, finished = plan(sweep, args.root, args.count)
-    print(f"sweep {sweep.name} ({sweep.config['method']}): {finished} finished, {len(runs)} to run in {args.root / sweep.name}")
+    runs = [run for run in runs if in_slice(run, kept)]
+    scope = f" (only {' '.join(args.only)})" if kept else ""
+    print(f"sweep {sweep.name} ({sweep.config['method']}): {finished} finished, {len(runs)} to run{scope} in {args.root / sweep.name}")
     if args.dry_run:
         for run in runs:
             print(f"{run.run_dir.name}  {' '.join(run.overrides)}\n    {shlex.join(fit_command(sweep, run))}")

@@ -82,6 +82,26 @@ def test_random_sweeps_plan_the_same_runs_on_every_machine(tmp_path):
     assert len({r.parameters["method.optimizer.lr"] for r in first}) == 3 and all(isinstance(r.parameters["method.optimizer.lr"], float) for r in first)
 
 
+def test_only_slices_a_grid_into_the_same_run_folders(tmp_path, capsys):
+    path = _write(tmp_path, GRID | {"parameters": {"seed": {"values": [0, 1, 2]}, "variant": {"values": ["none", "a", "b"]}}})
+    whole, _ = plan(load_sweep(path), tmp_path)
+    main([str(path), "--root", str(tmp_path), "--only", "variant=none,b", "--dry-run"])
+    printed = capsys.readouterr().out
+    kept = [run for run in whole if run.parameters["variant"] in ("none", "b")]
+    assert "6 to run (only variant=none,b)" in printed
+    assert all(run.run_dir.name in printed for run in kept) and not any(run.run_dir.name in printed for run in whole if run not in kept)
+    main([str(path), "--root", str(tmp_path), "--only", "seed=2", "variant=a", "--dry-run"])
+    assert "1 to run" in capsys.readouterr().out
+    for bad, message in ((["--only", "sed=1"], "sed is not a parameter"), (["--only", "seed"], "write KEY=VALUE")):
+        with pytest.raises(SystemExit):
+            main([str(path), "--root", str(tmp_path), *bad, "--dry-run"])
+        assert message in capsys.readouterr().err
+    random = _write(tmp_path, GRID | {"method": "random", "parameters": {"method.optimizer.lr": {"min": 1e-4, "max": 1e-3}}})
+    with pytest.raises(SystemExit):
+        main([str(random), "--root", str(tmp_path), "--count", "2", "--only", "method.optimizer.lr=0.001", "--dry-run"])
+    assert "--only slices a grid" in capsys.readouterr().err
+
+
 def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke_overrides, monkeypatch, capsys):
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
