@@ -17,6 +17,7 @@ again and finished runs are skipped, an interrupted one resumes from its last ch
     python -m experiments.sweep sweeps/unianimate_ablations.yaml --only variant=none,unianimate_pose_layers_5
         # a slice of a grid: one claim's rows over every seed first (same run folders as the whole grid)
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --archive docs/results/sweeps   # keep the results the notebooks read
+    python -m experiments.sweep sweeps/everanimate_table2.yaml --rescore   # recompute result.json from the runs' evaluation files
     python -m experiments.sweep sweeps/frameprompt_table1.yaml --launcher slurm \\
         --launcher-arg hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1
         # every planned run a Slurm job, through Hydra's submitit launcher (experiments.sweep_run)
@@ -25,6 +26,7 @@ again and finished runs are skipped, an interrupted one resumes from its last ch
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import logging
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 SWEEP_ROOT = Path("runs/sweeps")
 MACROS = ("${env}", "${interpreter}", "${program}", "${args_no_hyphens}")  # the W&B command macros understood here
 PARAMETERS, RESULT, PLAN = "parameters.json", "result.json", "plan.json"
+DRIFT_COLUMNS = ("window", "start_frame", "stop_frame", "start_s", "clips")  # drift.csv's columns that are not metrics
 LAUNCHERS = {"local": None, "slurm": "submitit_slurm", "submitit_local": "submitit_local"}  # --launcher -> hydra/launcher
 
 
@@ -240,9 +243,21 @@ def evaluation_commands(run_dir: Path, cfg: DictConfig) -> dict[str, list[str]]:
     return commands
 
 
+def long_drift(drift_csv: Path) -> dict[str, float]:
+    """Each metric's drift along the long clip (last quarter of the chunks minus the first, :func:`metrics.drift.drift_of`)."""
+    if not drift_csv.is_file():
+        return {}
+    from metrics.drift import drift_of  # here: the metrics package imports torch, the sweep's planning needs none of it
+
+    with drift_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    return drift_of(rows, [name for name in (rows[0] if rows else {}) if name not in DRIFT_COLUMNS])
+
+
 def heldout_scores(run_dir: Path, cfg: DictConfig) -> tuple[dict[str, float], dict[str, str]]:
     """The fit's last logged metrics (``val/psnr_mask``: what a sweep's ``metric`` names) and the evaluation's scores under
-    flat W&B-style names (``test/trained/psnr``, ``test_long/trained/psnr@10s``, ...), and the protocol behind each kind."""
+    flat W&B-style names (``test/trained/psnr``, ``test_long/trained/psnr@10s``, ``test_long/trained/psnr_drift``, ...), and the
+    protocol behind each kind."""
     split = (cfg.get("heldout") or {}).get("split", "test")
     summary = run_dir / "summary.json"
     metrics = dict(json.loads(summary.read_text()).get("metrics", {})) if summary.is_file() else {}
@@ -261,6 +276,7 @@ def heldout_scores(run_dir: Path, cfg: DictConfig) -> tuple[dict[str, float], di
             suffix = "" if horizon == "full" else f"@{horizon}"
             metrics |= {f"{split}_long/trained/{name}{suffix}": value for name, value in values.items()
                         if isinstance(value, (int, float)) and not name.startswith("clips")}
+        metrics |= {f"{split}_long/trained/{name}_drift": value for name, value in long_drift(run_dir / "heldout_long" / "drift.csv").items()}
     return metrics, protocols
 
 
@@ -316,6 +332,19 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
     return result
 
 
+def rescore(sweep: Sweep, root: Path) -> list[Path]:
+    """Recompute each finished run's scores from its evaluation files (a new derived score, a fixed reader); rewrite result.json."""
+    rewritten = []
+    for result_file in sorted((root / sweep.name).glob(f"*/{RESULT}")):
+        result, run_dir = json.loads(result_file.read_text()), result_file.parent
+        cfg = run_config(run_dir)
+        metrics, protocols = heldout_scores(run_dir, cfg)
+        wandb_id = log_to_wandb(run_dir, cfg, result["parameters"] | {f"protocol/{k}": v for k, v in protocols.items()}, metrics)
+        atomic_write_json(result_file, result | {"metrics": metrics, "protocols": protocols, "wandb_id": wandb_id or result.get("wandb_id")})
+        rewritten.append(result_file)
+    return rewritten
+
+
 ARCHIVED = (RESULT, PARAMETERS, ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
             "heldout_video/heldout.json", "heldout_long/summary.json", "heldout_long/drift.csv")
 
@@ -354,6 +383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--launcher-arg", nargs="*", default=[], help="Hydra overrides for the launcher, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--archive", type=Path, default=None,
                         help="copy the finished runs' results (what the notebooks read) to ARCHIVE/NAME/ to keep or commit them; runs nothing")
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute the finished runs' result.json from their evaluation files (also in an archive: --root ARCHIVE); runs nothing")
     return parser.parse_args(argv)
 
 
@@ -363,6 +394,10 @@ def main(argv: list[str] | None = None) -> list[dict | None]:
     sweep = load_sweep(args.sweep)
     if args.launcher != "local" and sweep.config["method"] == "bayes":
         raise UsageError(f"{sweep.path}: bayes proposes each run from the finished ones; run it with --launcher local")
+    if args.rescore:
+        rewritten = rescore(sweep, args.root)
+        print(f"sweep {sweep.name}: {len(rewritten)} finished runs rescored in {args.root / sweep.name}")
+        return []
     if args.archive is not None:
         copied = archive(sweep, args.root, args.archive)
         print(f"sweep {sweep.name}: {len(copied)} finished runs copied to {args.archive / sweep.name}")

@@ -57,6 +57,22 @@ class DriftCurves:
         return rows
 
 
+def drift_of(rows: Sequence[Mapping], names: Sequence[str], fraction: float = 0.25) -> dict[str, float]:
+    """Each metric's change along the video: the mean over the last ``fraction`` of the windows minus the first's.
+
+    Negative for a metric that falls as errors accumulate (PSNR, SSIM); 0 for a rollout that does not drift.
+    ``rows`` are drift-curve rows (window order); a video needs two windows.
+    """
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"fraction={fraction}: the first and last parts must not overlap (0 < fraction <= 0.5)")
+    if len(rows) < 2:
+        return {}
+    part = max(1, int(len(rows) * fraction))
+    first, last = rows[:part], rows[-part:]
+    return {name: float(np.mean([float(r[name]) for r in last]) - np.mean([float(r[name]) for r in first]))
+            for name in names if all(name in r for r in rows)}
+
+
 def line_chart(path: str | Path, xs: Sequence[float], series: Mapping[str, Sequence[float]], x_label: str,
                title: str, shared_scale: bool = False, size: tuple[int, int] = (720, 420)) -> Path:
     """A PNG line chart of ``series`` (name -> values at ``xs``).

@@ -105,3 +105,14 @@ def test_a_parent_module_gets_no_parameters_from_the_suite():
     parent.metrics = MetricSuite.from_config({"names": ["psnr", "ssim", "fpsnr"]})
     assert list(parent.parameters()) == []
     assert parent.state_dict() == {}  # metric states are not persistent: nothing enters a checkpoint
+
+
+def test_drift_is_the_last_quarter_of_the_windows_minus_the_first():
+    from metrics.drift import drift_of
+
+    rows = [{"psnr": 20.0 - 0.5 * i, "ssim": 0.5} for i in range(8)]  # quarters: windows 0-1 (19.75) and 6-7 (16.75)
+    assert drift_of(rows, ["psnr", "ssim", "fvd"]) == {"psnr": -3.0, "ssim": 0.0}  # a metric absent from the rows is left out
+    assert drift_of(rows[:3], ["psnr"]) == {"psnr": -1.0}  # too few windows for a quarter: the first and the last one
+    assert drift_of(rows[:1], ["psnr"]) == {}
+    with pytest.raises(ValueError, match="must not overlap"):
+        drift_of(rows, ["psnr"], fraction=0.6)

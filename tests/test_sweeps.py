@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from common.cli import compose_config
-from experiments.sweep import PLAN, RESULT, fit_command, load_sweep, main, plan
+from experiments.sweep import PLAN, RESULT, fit_command, load_sweep, long_drift, main, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").rglob("*.yaml"))
@@ -102,6 +102,13 @@ def test_only_slices_a_grid_into_the_same_run_folders(tmp_path, capsys):
     assert "--only slices a grid" in capsys.readouterr().err
 
 
+def test_the_long_clips_drift_is_read_from_its_drift_curve(tmp_path):
+    lines = ["window,start_frame,stop_frame,start_s,clips,psnr,ssim"] + [f"{i},{8 * i},{8 * i + 8},{i},1,{20 - i},0.5" for i in range(4)]
+    (tmp_path / "drift.csv").write_text("\n".join(lines) + "\n")
+    assert long_drift(tmp_path / "drift.csv") == {"psnr": -3.0, "ssim": 0.0}  # windows 3 minus 0; the columns that are not metrics ignored
+    assert long_drift(tmp_path / "missing.csv") == {}
+
+
 def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke_overrides, monkeypatch, capsys):
     for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
@@ -119,7 +126,8 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
         run_dir = root / "tiny" / result["run_id"]
         assert result["parameters"]["seed"] in (0, 1) and (run_dir / RESULT).is_file()
         assert {"test/trained/psnr", "test/repeat_reference/psnr_mask", "test/untrained/silhouette_iou", "test_long/trained/psnr", "val/psnr_mask"} <= set(result["metrics"])
-        assert (run_dir / "heldout_long" / "drift.csv").is_file()
+        windows = len((run_dir / "heldout_long" / "drift.csv").read_text().splitlines()) - 1
+        assert windows >= 1 and ("test_long/trained/psnr_drift" in result["metrics"]) == (windows >= 2)  # a drift needs two chunks
         offline = list((run_dir / "wandb").glob(f"offline-run-*-{result['wandb_id']}"))
         assert len(offline) == 2  # the fit's W&B run and the held-out scores added to it (offline, synced as one run)
 
@@ -132,6 +140,11 @@ def test_offline_sweep_fits_evaluates_skips_and_resumes(tmp_path, workdir, smoke
     main([str(path), "--root", str(root), "--archive", str(tmp_path / "kept")])  # what the notebooks read, small enough to commit
     kept = load_runs(tmp_path / "kept" / "tiny")
     assert len(kept) == 2 and set(kept["test/trained/psnr"]) == {r["metrics"]["test/trained/psnr"] for r in results}
+    archived = tmp_path / "kept" / "tiny" / results[0]["run_id"] / RESULT
+    stale = json.loads(archived.read_text())
+    archived.write_text(json.dumps(stale | {"metrics": {"test/trained/psnr": 0.0}}))  # scores written by an older reader
+    main([str(path), "--root", str(tmp_path / "kept"), "--rescore"])  # recomputed from the archived evaluation files
+    assert json.loads(archived.read_text())["metrics"] == results[0]["metrics"]
     assert not list((tmp_path / "kept").rglob("*.ckpt")) and len(list((tmp_path / "kept").rglob("*.png"))) == 2
 
     stamp = {r["run_id"]: (root / "tiny" / r["run_id"] / RESULT).stat().st_mtime_ns for r in results}
