@@ -93,10 +93,11 @@ def sweep_engine():
     """W&B's sweep engine (``wandb[sweeps]``), imported without its pydantic-v1 config warnings."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        import sweeps
-        import sweeps.bayes_search  # noqa: F401  imported by next_run on first use, and those imports draw
-        import sweeps.grid_search  # noqa: F401   random numbers: imported here, before plan() seeds, so the
-        import sweeps.random_search  # noqa: F401  first plan in a process proposes what every later one does
+        # next_run imports these on first use, and those imports draw random numbers: imported here, before
+        # plan() seeds, so the first plan in a process proposes the same runs as every later one
+        import sweeps.bayes_search  # noqa: F401
+        import sweeps.grid_search  # noqa: F401
+        import sweeps.random_search  # noqa: F401
     return sweeps
 
 
