@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 SWEEP_ROOT = Path("runs/sweeps")
 MACROS = ("${env}", "${interpreter}", "${program}", "${args_no_hyphens}")  # the W&B command macros understood here
 PARAMETERS, RESULT, PLAN = "parameters.json", "result.json", "plan.json"
-DRIFT_COLUMNS = ("window", "start_frame", "stop_frame", "start_s", "clips")  # drift.csv's columns that are not metrics
 LAUNCHERS = {"local": None, "slurm": "submitit_slurm", "submitit_local": "submitit_local"}  # --launcher -> hydra/launcher
 
 
@@ -252,7 +251,7 @@ def long_drift(drift_csv: Path) -> dict[str, float]:
 
     with drift_csv.open() as f:
         rows = list(csv.DictReader(f))
-    return drift_of(rows, [name for name in (rows[0] if rows else {}) if name not in DRIFT_COLUMNS])
+    return drift_of(rows)
 
 
 def heldout_scores(run_dir: Path, cfg: DictConfig) -> tuple[dict[str, float], dict[str, str]]:
@@ -296,6 +295,13 @@ def log_to_wandb(run_dir: Path, cfg: DictConfig, parameters: dict[str, Any], met
     return wandb_id
 
 
+def record_scores(run_dir: Path, cfg: DictConfig, parameters: dict[str, Any]) -> tuple[dict[str, float], dict[str, str], str | None]:
+    """Read the run's scores and protocols and add them, with the parameters, to its W&B run: metrics, protocols, W&B id."""
+    metrics, protocols = heldout_scores(run_dir, cfg)
+    wandb_id = log_to_wandb(run_dir, cfg, parameters | {f"protocol/{kind}": name for kind, name in protocols.items()}, metrics)
+    return metrics, protocols, wandb_id
+
+
 def child_environment() -> dict[str, str]:
     """This environment without the handle of a W&B service this process started: each step runs its own."""
     return {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
@@ -324,8 +330,7 @@ def execute(sweep: Sweep, run: PlannedRun) -> dict | None:
             log.error("%s: the %s evaluation failed; run the sweep again to retry it", run.run_dir, kind)
             return None
     evaluation_seconds = time.time() - started - fit_seconds
-    metrics, protocols = heldout_scores(run.run_dir, cfg)
-    wandb_id = log_to_wandb(run.run_dir, cfg, run.parameters | {f"protocol/{kind}": name for kind, name in protocols.items()}, metrics)
+    metrics, protocols, wandb_id = record_scores(run.run_dir, cfg, run.parameters)
     result = {"sweep": sweep.name, "sweep_file": str(sweep.path), "run_id": run.run_dir.name, "parameters": run.parameters,
               "overrides": run.overrides, "metrics": metrics, "protocols": protocols, "fit_seconds": round(fit_seconds, 1),
               "evaluation_seconds": round(evaluation_seconds, 1), "wandb_id": wandb_id}
@@ -338,9 +343,7 @@ def rescore(sweep: Sweep, root: Path) -> list[Path]:
     rewritten = []
     for result_file in sorted((root / sweep.name).glob(f"*/{RESULT}")):
         result, run_dir = json.loads(result_file.read_text()), result_file.parent
-        cfg = run_config(run_dir)
-        metrics, protocols = heldout_scores(run_dir, cfg)
-        wandb_id = log_to_wandb(run_dir, cfg, result["parameters"] | {f"protocol/{k}": v for k, v in protocols.items()}, metrics)
+        metrics, protocols, wandb_id = record_scores(run_dir, run_config(run_dir), result["parameters"])
         atomic_write_json(result_file, result | {"metrics": metrics, "protocols": protocols, "wandb_id": wandb_id or result.get("wandb_id")})
         rewritten.append(result_file)
     return rewritten

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from common.video import write_png
 from metrics.suite import MetricSuite
 
+WINDOW_COLUMNS = ("window", "start_frame", "stop_frame", "start_s", "clips")  # a drift row's columns that are not metrics
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194)]
 
 
@@ -57,16 +58,19 @@ class DriftCurves:
         return rows
 
 
-def drift_of(rows: Sequence[Mapping], names: Sequence[str], fraction: float = 0.25) -> dict[str, float]:
+def drift_of(rows: Sequence[Mapping], names: Sequence[str] | None = None, fraction: float = 0.25) -> dict[str, float]:
     """Each metric's change along the video: the mean over the last ``fraction`` of the windows minus the first's.
 
     Negative for a metric that falls as errors accumulate (PSNR, SSIM); 0 for a rollout that does not drift.
-    ``rows`` are drift-curve rows (window order); a video needs two windows.
+    ``rows`` are drift-curve rows (window order, e.g. read back from drift.csv); a video needs two windows.
+    ``names``: the metrics to take; None = every column that is not one of :data:`WINDOW_COLUMNS`.
     """
     if not 0 < fraction <= 0.5:
         raise ValueError(f"fraction={fraction}: the first and last parts must not overlap (0 < fraction <= 0.5)")
     if len(rows) < 2:
         return {}
+    if names is None:
+        names = [name for name in rows[0] if name not in WINDOW_COLUMNS]
     part = max(1, int(len(rows) * fraction))
     first, last = rows[:part], rows[-part:]
     return {name: float(np.mean([float(r[name]) for r in last]) - np.mean([float(r[name]) for r in first]))

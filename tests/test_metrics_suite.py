@@ -114,5 +114,6 @@ def test_drift_is_the_last_quarter_of_the_windows_minus_the_first():
     assert drift_of(rows, ["psnr", "ssim", "fvd"]) == {"psnr": -3.0, "ssim": 0.0}  # a metric absent from the rows is left out
     assert drift_of(rows[:3], ["psnr"]) == {"psnr": -1.0}  # too few windows for a quarter: the first and the last one
     assert drift_of(rows[:1], ["psnr"]) == {}
+    assert drift_of([{"window": i, "start_s": 2.0 * i, "clips": 1, "psnr": 20.0 - i} for i in range(4)]) == {"psnr": -3.0}  # every metric column
     with pytest.raises(ValueError, match="must not overlap"):
         drift_of(rows, ["psnr"], fraction=0.6)
