@@ -133,6 +133,24 @@ def test_velocity_error_splits_the_error_by_person_and_noise_level(workdir):
         assert all(value > 0 for value in result[model].values())
 
 
+def test_sampling_trace_follows_the_clean_clip_estimate_to_the_sample(workdir, tmp_path):
+    from benchmarks.sampling_trace import main
+
+    run = workdir / "run_unianimate"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the unianimate smoke run")
+    figure = tmp_path / "trace.png"
+    result = main([str(run / "last.ckpt"), "--split", "train", "--clips", "1", "--figure", str(figure)])
+    steps = result["steps"]
+    assert result["clips"] == 1 and result["global_step"] == 2 and [row["step"] for row in steps] == list(range(len(steps)))
+    assert steps[0]["t"] == 1.0 and all(a["t"] > b["t"] > 0 for a, b in zip(steps, steps[1:]))
+    assert all(row[k] > 0 for row in [*steps, result["sample"]] for k in ("all", "person", "background"))
+    # the last step lands on x0 = x_t - t v, so the sample is the last step's estimate
+    assert result["sample"]["all"] == pytest.approx(steps[-1]["all"], rel=1e-3)
+    tiles = np.split(np.asarray(Image.open(figure)), len(result["strip_steps"]) + 2, axis=1)  # estimates, sample, truth
+    assert tiles[0].shape[0] == 64 and not np.array_equal(tiles[-2], tiles[-1])
+
+
 def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     from safetensors import safe_open
 
@@ -199,9 +217,12 @@ def test_killed_run_resumes_without_lost_steps(workdir, smoke_overrides):
     saved = ckpt_step(run / "last.ckpt")
     assert saved >= 10 and "interrupted at step" in output, output[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"].startswith("interrupted")
-    result = fit([f"resume={run}", "trainer.max_steps=" + str(saved + 3)])
+    # a periodic save after the resume, the first of this run: it must overwrite last.ckpt, not write last-v1.ckpt
+    # beside it (a later kill would then resume from the older last.ckpt)
+    result = fit([f"resume={run}", "trainer.max_steps=" + str(saved + 3), f"ckpt_every_n_steps={saved + 2}"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert ckpt_step(run / "last.ckpt") == saved + 3  # continued from the saved step, not from 0
+    assert (run / "checkpoints" / f"step_{saved + 2:06d}.ckpt").exists() and sorted(p.name for p in run.glob("last*.ckpt")) == ["last.ckpt"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps_this_session"] == 3
     earlier = (run / "csv" / "metrics.0.csv").read_text()  # the first launch's log survives the resume
