@@ -101,6 +101,10 @@ def guided_velocity(velocity_fn: LevelVelocityFn, latents: Tensor, t: Tensor, sc
     return sum(coefficients[level] * v for level, v in zip(levels, predictions))
 
 
+StepCallback = Callable[[int, Tensor, Tensor, Tensor], None]
+"""(step index, x_t (B, C, F, h, w), t (B, F), velocity) -> None: called before each Euler step (diagnostics)."""
+
+
 @torch.no_grad()
 def euler_sample(
     velocity_fn: Callable[[Tensor, Tensor], Tensor],  # (x (B, C, F, h, w), t (B, F)) -> velocity
@@ -108,14 +112,23 @@ def euler_sample(
     generate: Tensor,  # (B, F) bool: frames to integrate; the rest are seen at t = 0
     steps: int,
     shift: float = 1.0,
+    on_step: StepCallback | None = None,
 ) -> Tensor:
     """Euler integration of dx/dt = v from t = 1 to 0 over the shifted schedule."""
     times = sampling_times(steps, shift, device=x.device)
     for i in range(steps):
         t, s = times[i], times[i + 1]
         t_frames = torch.where(generate, t, torch.zeros_like(t)).to(x.dtype)  # (B, F)
-        x = x + (s - t) * velocity_fn(x, t_frames)
+        v = velocity_fn(x, t_frames)
+        if on_step is not None:
+            on_step(i, x, t_frames, v)
+        x = x + (s - t) * v
     return x
+
+
+def sample_estimate(x: Tensor, t: Tensor, velocity: Tensor) -> Tensor:
+    """The clean sample a velocity implies: x0 = x_t - t v with per-frame t (B, F)."""
+    return x - _frames(t).to(x.dtype) * velocity
 
 
 def clip_noise(shape: Sequence[int], keys: Sequence[str] | None, seed: int) -> Tensor:

@@ -9,6 +9,7 @@ from animate.flow import (
     guidance_weights,
     guided_velocity,
     interpolate,
+    sample_estimate,
     sample_time,
     sampling_times,
     shift_time,
@@ -75,8 +76,13 @@ def test_euler_recovers_data_with_exact_velocity():
 
     generate = torch.tensor([[False, True, True, True]] * 2)
     start = torch.where(generate[:, None, :, None, None], noise, x0)
-    out = euler_sample(exact, start, generate, steps=7, shift=3.0)
+    estimates = []
+    out = euler_sample(exact, start, generate, steps=7, shift=3.0, on_step=lambda i, x, t, v: estimates.append((i, sample_estimate(x, t, v))))
     torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
+    # the exact velocity implies the clean latents at every step, which the step callback sees
+    assert [i for i, _ in estimates] == list(range(7))
+    for _, estimate in estimates:
+        torch.testing.assert_close(estimate, x0, rtol=1e-4, atol=1e-4)
 
 
 def test_a_sample_prediction_of_the_clean_latents_is_the_exact_velocity():

@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from animate.backbone import PackedInput, WanBackbone
-from animate.flow import clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
+from animate.flow import StepCallback, clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
@@ -342,11 +342,13 @@ class AnimationSystem(L.LightningModule):
         guidance: Sequence[float] | None = None,
         seed: int = 0,
         context: Tensor | None = None,
+        on_step: StepCallback | None = None,
     ) -> Tensor:
         """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes).
 
         ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
         frames at every step, at t = 0 (One-to-All's token replace, :mod:`animate.rollout`).
+        ``on_step``: called with each step's (index, x_t, t, guided velocity) of the whole sequence.
         """
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
@@ -360,7 +362,7 @@ class AnimationSystem(L.LightningModule):
         top = sequences[levels[-1]]
         noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
         velocity = self.level_velocity(sequences)
-        x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift)
+        x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift, on_step)
         return self.hold(x, top)[:, :, top.target]
 
     # ----- long videos (animate.rollout) -----------------------------------------------------------
