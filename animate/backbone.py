@@ -452,7 +452,8 @@ def load_backbone(
     transformer: ``path`` (diffusers dir or original Wan file/dir; a WanAnimateTransformer3DModel
       config loads Wan2.2-Animate), ``config`` (diffusers config dir, needed for the original layout),
       ``kind`` (``wan`` or ``animate``) and ``architecture`` (its kwargs, used when ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
-    vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE).
+    vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE), or an
+      ``architecture`` (AutoencoderKLWan's kwargs) when ``path`` is null.
     text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
     prediction: what the network outputs, ``velocity`` (Wan) or ``sample`` (x0); a property of the
       weights, so it must match how they were trained.
@@ -474,6 +475,8 @@ def load_backbone(
     autoencoder = None
     if vae and vae.get("path"):
         autoencoder = VideoAutoencoder(load_vae(resolve_path(vae["path"]), config=vae.get("config"))).eval()
+    elif vae and vae.get("architecture"):
+        autoencoder = VideoAutoencoder(wan.new_vae(**vae["architecture"])).eval()
     text = dict(encoder=None, length=512, cache_dir=None, prompt="", seed=0) | dict(text or {})
     embedding = empty_prompt_embedding(
         model.config.text_dim, text["length"], text["encoder"], text["cache_dir"], text["prompt"], text["seed"]

@@ -217,6 +217,13 @@ def new_transformer(kind: str = "wan", **config) -> nn.Module:
     return classes[kind](**config)
 
 
+def new_vae(**config) -> nn.Module:
+    """A randomly initialised AutoencoderKLWan from keyword config (diffusers' defaults: the Wan2.1 VAE and its latent statistics)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**config)
+
+
 def set_in_channels(transformer: nn.Module, patch_embedding: nn.Conv3d) -> None:
     """Install a widened patch embedding and record its input channels in the config."""
     transformer.patch_embedding = patch_embedding
