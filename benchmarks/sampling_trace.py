@@ -27,7 +27,7 @@ from torch import Tensor
 
 from animate.flow import sample_estimate
 from animate.methods.base import AnimationSystem, to_unit
-from benchmarks.velocity_error import latent_person_mask
+from benchmarks.velocity_error import latent_person_mask, training_sequence
 from experiments.prediction import build_system, heldout_loader, load_run
 
 SPLITS = ("train", "val", "test")
@@ -35,10 +35,7 @@ SPLITS = ("train", "val", "test")
 
 def true_latents(system: AnimationSystem, batch: dict) -> tuple[Tensor, slice]:
     """The clip's clean target latents (B, C, F, h, w) as training builds them, and the target frames' slice of the sequence."""
-    prepared = system.prepare_batch(batch, augment=False)
-    latents = system.encode(prepared, system.latent_inputs(training=True))
-    b = prepared["video"].shape[0]
-    seq = system.build_sequence(prepared, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)
+    _, seq = training_sequence(system, batch)
     return seq.clean[:, :, seq.target], seq.target
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from animate.methods.base import AnimationSystem
+from animate.methods.base import AnimationSystem, LatentSequence
 from experiments.prediction import build_system, heldout_loader, load_run
 
 
@@ -33,15 +33,21 @@ def latent_person_mask(person_mask: Tensor, latent_shape: tuple[int, int, int], 
     return F.adaptive_max_pool2d(per_frame, (h, w))
 
 
+def training_sequence(system: AnimationSystem, batch: dict) -> tuple[dict, LatentSequence]:
+    """The batch as the system prepares it and its training sequence with every condition kept (ground-truth target latents in ``clean``)."""
+    batch = system.prepare_batch(batch, augment=False)
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    b = batch["video"].shape[0]
+    return batch, system.build_sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)
+
+
 @torch.no_grad()
 def velocity_errors(system: AnimationSystem, batches: list[dict], times: list[float], margin: int) -> dict[str, float]:
     """{"person@t", "background@t": mean squared velocity error per latent value} over ``batches``."""
     sums = {f"{region}@{t:g}": [0.0, 0.0] for t in times for region in ("person", "background")}
     for index, batch in enumerate(batches):
-        batch = system.prepare_batch(batch, augment=False)
-        latents = system.encode(batch, system.latent_inputs(training=True))
+        batch, seq = training_sequence(system, batch)
         b = batch["video"].shape[0]
-        seq = system.build_sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)
         target = seq.clean[:, :, seq.target]  # (B, C, F, h, w)
         person = latent_person_mask(batch["person_mask"], tuple(target.shape[2:]), system.backbone.compression.vae_time)
         near = F.max_pool2d(person, 2 * margin + 1, stride=1, padding=margin) if margin else person
