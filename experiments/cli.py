@@ -15,14 +15,18 @@ import yaml
 from common import cli
 from common.cli import CONF_DIR, UsageError, reported
 
-__all__ = ["CONF_DIR", "NOT_EXPERIMENTS", "UsageError", "experiment_names", "reported", "resume_arguments", "resume_dir", "run"]
+__all__ = ["CONF_DIR", "NOT_EXPERIMENTS", "REAL_SCALE", "UsageError", "experiment_names", "reported", "resume_arguments", "resume_dir", "run"]
 
 NOT_EXPERIMENTS = {"fit", "evaluate", "export", "generate", "train_vae", "synthetic", "prepare", "sweep_run"}  # base configs of the entry points
 
 
-def experiment_names() -> list[str]:
-    """Experiments that ``conf=`` accepts: the top-level files of conf/."""
-    return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem not in NOT_EXPERIMENTS)
+REAL_SCALE = "real"  # conf/real/: the papers' recipes on the released Wan checkpoints (conf=real/NAME)
+
+
+def experiment_names(real_scale: bool = True) -> list[str]:
+    """Experiments that ``conf=`` accepts: the top-level files of conf/, then (``real_scale``) those of conf/real/."""
+    tiny = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem not in NOT_EXPERIMENTS)
+    return tiny + (sorted(f"{REAL_SCALE}/{p.stem}" for p in (CONF_DIR / REAL_SCALE).glob("*.yaml")) if real_scale else [])
 
 
 def _value(args: list[str], key: str) -> str | None:

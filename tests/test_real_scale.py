@@ -68,3 +68,76 @@ def test_a_t2v_base_widened_for_unianimate_gains_only_the_new_input_channels():
     system = on_meta(composed("unianimate", "wan21_t2v_1_3b").method)
     # 20 new input channels (4 mask + 16 reference latent) x 1536 outputs x a 1 x 2 x 2 patch
     assert count(system.backbone.transformer) - WAN_PARAMETERS["wan21_t2v_1_3b"] == 20 * 1536 * 4
+
+
+# conf/real/: the papers' recipes; (backbone, LoRA rank, training frames, sampler steps) as each paper states them
+REAL_EXPERIMENTS = {
+    "real/onetoall": ("wan21_t2v_1_3b", 0, 29, 30),
+    "real/onetoall_stage1": ("wan21_t2v_1_3b", 0, 29, 30),
+    "real/onetoall_stage2": ("wan21_t2v_1_3b", 0, 29, 30),
+    "real/onetoall_stage3": ("wan21_t2v_1_3b", 0, 29, 30),
+    "real/frameprompt": ("wan21_t2v_1_3b", 0, 81, 50),
+    "real/frameprompt_14b": ("wan21_t2v_14b", 128, 81, 50),
+    "real/unianimate": ("wan21_i2v_14b", 64, 81, 50),
+    "real/everanimate": ("wan22_animate_14b", 128, 77, 20),
+    "real/everanimate_stage1": ("wan22_animate_14b", 128, 77, 20),
+    "real/everanimate_stage2": ("wan22_animate_14b", 128, 77, 20),
+}
+
+
+def test_every_real_scale_experiment_is_listed_and_checked():
+    from experiments.cli import experiment_names
+
+    assert sorted(REAL_EXPERIMENTS) == [name for name in experiment_names() if name.startswith("real/")]
+
+
+@pytest.mark.parametrize("conf", sorted(REAL_EXPERIMENTS))
+def test_real_scale_experiments_build_the_papers_models_on_the_meta_device(conf, monkeypatch):
+    monkeypatch.setenv("ANIMATE_DATA", "/shards")
+    backbone, rank, frames, steps = REAL_EXPERIMENTS[conf]
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose(conf, overrides=["backbone.transformer.path=null", "backbone.vae.path=null", "backbone.text.encoder=null"])
+    assert cfg.data.root == "/shards" and list(cfg.data.frame_buckets) == [frames] and cfg.data.random_window
+    assert cfg.method.lora.rank == rank and cfg.method.sampler.steps == steps and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.method.latent_cache is None and cfg.backbone.gradient_checkpointing
+    wan_keys = set(on_meta(cfg.backbone).transformer.state_dict())
+    system = on_meta(cfg.method)
+    transformer = system.backbone.transformer
+    wan_trainable = [name for name, p in transformer.named_parameters() if p.requires_grad and name.replace(".base_layer", "") in wan_keys]
+    trainable = sum(p.numel() for p in system.parameters() if p.requires_grad)
+    if rank:  # LoRA: the adapter and the method's new modules train, every Wan weight stays frozen
+        assert wan_trainable == [] and any("lora_" in name for name, _ in transformer.named_parameters())
+        assert trainable < 0.1 * WAN_PARAMETERS[backbone]
+    elif conf.endswith("onetoall_stage1"):  # the Reference Extractor and HRFA's W'k, W'v only
+        assert wan_trainable == [] and trainable > 0
+    elif conf.startswith("real/onetoall"):  # stages 2 and 3: + pose control and all of HRFA, i.e. the blocks' self-attention; the rest of Wan frozen
+        assert wan_trainable and all(".attn1." in name for name in wan_trainable)
+    else:  # a full fine-tune
+        assert len(wan_trainable) == len(wan_keys)
+
+
+@pytest.mark.parametrize(
+    ("real", "tiny", "variant"),
+    [("real/onetoall", "onetoall", v) for v in ("onetoall_base_extractor", "onetoall_no_reference_extractor", "onetoall_face_enhancement", "onetoall_no_region_weights", "onetoall_full_rope")]
+    + [("real/unianimate", "unianimate", v) for v in ("unianimate_pose_layers_5", "unianimate_no_reference_pose", "unianimate_no_condition_dropout")]
+    + [("real/everanimate", "everanimate", v) for v in ("everanimate_plp", "everanimate_identity_views_1", "everanimate_motion_latents_2", "everanimate_no_memory_augmentation")],
+)
+def test_a_variant_changes_a_real_scale_experiment_as_it_changes_the_tiny_one(real, tiny, variant, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("ANIMATE_DATA", "/shards")
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        changes = OmegaConf.load(Path(CONF) / "variant" / f"{variant}.yaml")  # the paper row's keys, none overridden by the real-scale values
+        for conf in (real, tiny):
+            cfg = compose(conf, overrides=[f"variant={variant}"])
+            for key, value in _leaves(OmegaConf.to_container(changes)):
+                assert OmegaConf.select(cfg, key) == value, (conf, key)
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    """(dotted key, value) of a nested dict's leaves."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
