@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from animate import diffusers_wan as wan
 from animate.flow import PREDICTIONS, velocity_from_sample
+from animate.step_cache import FirstBlockCache
 from common.files import atomic_torch_save
 from common.geometry import WAN, Compression
 
@@ -146,6 +148,7 @@ class WanBackbone(nn.Module):
         self.vae = vae
         self.compression = compression or compression_of(transformer, vae)
         self.gradient_checkpointing = gradient_checkpointing
+        self.step_cache: FirstBlockCache | None = None  # set by caching() while sampling
         if text_embedding is None:
             text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
         self.register_buffer("text_embedding", text_embedding, persistent=False)  # (1, S, text_dim)
@@ -213,19 +216,38 @@ class WanBackbone(nn.Module):
         rotary_emb = rotary_embedding(self.transformer.rope, frame_ids, gh, gw)
         hidden_states, temb, modulation, context = self.embed(packed)
         hidden_states = self._inject(hidden_states, packed, -1)
+        cache = self.step_cache
         for index, block in enumerate(self.transformer.blocks):
             args = (block, hidden_states, context, modulation, rotary_emb, packed.attention_mask, packed.attention_kwargs)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                hidden_states = checkpoint(block_forward, *args, use_reentrant=False)
+                update = checkpoint(block_forward, *args, use_reentrant=False)
             else:
-                hidden_states = block_forward(*args)
-            hidden_states = self._inject(hidden_states, packed, index)
+                update = block_forward(*args)
+            update = self._inject(update, packed, index)
             if packed.block_hook is not None:
-                hidden_states = packed.block_hook(index, hidden_states, modulation, rotary_emb)
+                update = packed.block_hook(index, update, modulation, rotary_emb)
+            if cache is not None and index == 0:
+                first_residual, after_first = update - hidden_states, update
+                if cache.can_reuse(first_residual):
+                    hidden_states = cache.reuse(update)
+                    break
+            hidden_states = update
+        else:
+            if cache is not None:
+                cache.store(first_residual, hidden_states - after_first)
         output = self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
         if self.prediction == "sample":
             return velocity_from_sample(packed.latents, output, packed.t, self.prediction_min_time)
         return output
+
+    @contextmanager
+    def caching(self, cache: FirstBlockCache | None) -> Iterator[None]:
+        """Run the forwards inside the block with ``cache`` (step caching while sampling, :mod:`animate.step_cache`)."""
+        previous, self.step_cache = self.step_cache, cache
+        try:
+            yield
+        finally:
+            self.step_cache = previous
 
     def grid(self, latents: Tensor) -> tuple[int, int, int]:
         """Token grid (f, h, w) of latents (B, C, F, H, W) under the transformer's patch size."""

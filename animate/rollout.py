@@ -316,7 +316,7 @@ def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict,
         first = 0 if start == 0 else 4 * start
         part = chunk_batch(batch, Chunk(index, first, min(first + length, total), length, first, first + length, 0))  # padded with the last frame
         sequences = system.sampling_sequences(part, levels)
-        windows.append((start, sequences, system.level_velocity(sequences)))
+        windows.append((start, sequences, system.level_velocity(sequences, options.get("cache_threshold"))))  # a step cache per window
     top = windows[0][1][levels[-1]]
     shape = (top.clean.shape[0], top.clean.shape[1], latent_frames, *top.clean.shape[3:])
     x = clip_noise(shape, batch.get("key"), options.get("seed", 0)).to(top.clean)

@@ -125,6 +125,7 @@ def predict_clips(
         shift=cfg.sampler.shift,
         guidance=list(cfg.sampler.guidance) if cfg.sampler.guidance and model != "base" else None,  # the base has no conditions to guide
         seed=cfg.sampler.seed,
+        cache_threshold=cfg.sampler.get("cache_threshold"),
         baseline="repeat_reference" if model == "repeat_reference" else None,
     )
     if getattr(loader.dataset, "kind", "video") == "long":

@@ -26,6 +26,7 @@ from animate.flow import StepCallback, clip_noise, euler_sample, flow_loss, guid
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
+from animate.step_cache import FirstBlockCache
 
 PixelFn = Callable[[dict], Tensor]
 """batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
@@ -183,7 +184,8 @@ class AnimationSystem(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.time_sampling = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0) | dict(time_sampling or {})
-        self.sampler = dict(steps=50, shift=5.0, guidance=[1.0]) | dict(sampler or {})
+        self.sampler = dict(steps=50, shift=5.0, guidance=[1.0], cache_threshold=0.0) | dict(sampler or {})
+        self.step_cache: FirstBlockCache | None = None  # the last sampled trajectory's step cache (its reuse statistics)
         self.condition_dropout = {name: 0.0 for name in self.conditions} | dict(condition_dropout or {})
         unknown = set(self.condition_dropout) - set(self.conditions)
         if unknown:
@@ -197,7 +199,7 @@ class AnimationSystem(L.LightningModule):
         self.rollout = dict(rollout or {})  # long videos: animate.rollout.RolloutConfig fields
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
-        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None)
+        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None, cache_threshold=None)
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         self.initialised_keys: frozenset[str] = frozenset()  # weights loaded from an earlier stage (init_from): saved even when frozen here
         if backbone.vae is not None:
@@ -314,13 +316,20 @@ class AnimationSystem(L.LightningModule):
         b = batch["reference"].shape[0]
         return {level: self.build_sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
 
-    def level_velocity(self, sequences: Mapping[int, LatentSequence]) -> Callable[[Tensor, Tensor, Sequence[int]], Tensor]:
-        """(x, t, levels) -> velocities of ``levels`` batched in one forward, each level holding its own frames."""
+    def level_velocity(self, sequences: Mapping[int, LatentSequence], cache_threshold: float | None = None) -> Callable[[Tensor, Tensor, Sequence[int]], Tensor]:
+        """(x, t, levels) -> velocities of ``levels`` batched in one forward, each level holding its own frames.
+
+        ``cache_threshold`` > 0: the forwards of this trajectory share a step cache (:mod:`animate.step_cache`),
+        kept as :attr:`step_cache` for its statistics.
+        """
+        threshold = self.sampler.get("cache_threshold", 0.0) if cache_threshold is None else cache_threshold
+        self.step_cache = cache = FirstBlockCache(threshold) if threshold else None
 
         def velocity(x: Tensor, t: Tensor, levels: Sequence[int]) -> Tensor:
             seq = LatentSequence.cat([sequences[level] for level in levels])
             x_levels = torch.cat([self.hold(x, sequences[level]) for level in levels])
-            return self(seq, x_levels, t.repeat(len(levels), 1))
+            with self.backbone.caching(cache):
+                return self(seq, x_levels, t.repeat(len(levels), 1))
 
         return velocity
 
@@ -343,12 +352,14 @@ class AnimationSystem(L.LightningModule):
         seed: int = 0,
         context: Tensor | None = None,
         on_step: StepCallback | None = None,
+        cache_threshold: float | None = None,
     ) -> Tensor:
         """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes).
 
         ``context`` (B, C, k, h, w): clean latents that take the place of the first k target
         frames at every step, at t = 0 (One-to-All's token replace, :mod:`animate.rollout`).
         ``on_step``: called with each step's (index, x_t, t, guided velocity) of the whole sequence.
+        ``cache_threshold``: step caching (None = ``sampler.cache_threshold``, 0 = off; :mod:`animate.step_cache`).
         """
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
@@ -361,7 +372,7 @@ class AnimationSystem(L.LightningModule):
             sequences = {level: with_context(seq, context) for level, seq in sequences.items()}
         top = sequences[levels[-1]]
         noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
-        velocity = self.level_velocity(sequences)
+        velocity = self.level_velocity(sequences, cache_threshold)
         x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift, on_step)
         return self.hold(x, top)[:, :, top.target]
 
@@ -382,11 +393,14 @@ class AnimationSystem(L.LightningModule):
         """
         options = dict(self.prediction)
         rollout, store_dir = options.pop("rollout", None), options.pop("store_dir", None)
+        if options.get("cache_threshold") is None:
+            options["cache_threshold"] = self.sampler["cache_threshold"]
         if options.pop("baseline") == "repeat_reference":
             video = batch["reference"][:, :, None].expand_as(batch["video"])
         elif rollout is not None:  # long clips, chunk by chunk (finished chunks kept under store_dir/KEY for a resume)
             cfg = rollout if isinstance(rollout, RolloutConfig) else RolloutConfig(**rollout)
-            store = None if store_dir is None else ChunkStore(Path(store_dir) / "+".join(batch["key"]), {"rollout": cfg, **options})
+            signature = {"rollout": cfg} | {key: value for key, value in options.items() if key != "cache_threshold" or value}  # off: as before caching existed
+            store = None if store_dir is None else ChunkStore(Path(store_dir) / "+".join(batch["key"]), signature)
             video = roll_out(self, batch, cfg, options, store)
         else:
             video = self.generate(batch, **options)
