@@ -52,6 +52,9 @@ class PackedInput:
     block_hook: BlockHook | None = None  # a side branch that reads and updates the tokens after every block (ControlNet-style)
 
 
+WAN_TEXT_LENGTH = 512  # umT5 tokens Wan pads every prompt to; diffusers' I2V attention assumes it
+
+
 class BlockHook(Protocol):
     """A side branch run after every backbone block (after that block's injection), e.g. a ControlNet.
 
@@ -137,6 +140,7 @@ class WanBackbone(nn.Module):
         pretrained: Iterable[str] = (),
         prediction: str = "velocity",
         prediction_min_time: float = 0.05,
+        image_encoder: nn.Module | None = None,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -146,6 +150,9 @@ class WanBackbone(nn.Module):
         self.prediction_min_time = prediction_min_time
         self.pretrained = frozenset(pretrained)  # transformer parameter names loaded unchanged from a checkpoint
         self.vae = vae
+        self.image_encoder = image_encoder  # CLIP tokens of the reference for I2V / Animate transformers (animate.image_encoder), frozen
+        if image_encoder is not None:
+            image_encoder.requires_grad_(False)
         self.compression = compression or compression_of(transformer, vae)
         self.gradient_checkpointing = gradient_checkpointing
         self.step_cache: FirstBlockCache | None = None  # set by caching() while sampling
@@ -162,6 +169,11 @@ class WanBackbone(nn.Module):
         """Token width D."""
         cfg = self.transformer.config
         return cfg.num_attention_heads * cfg.attention_head_dim
+
+    @property
+    def takes_image_tokens(self) -> bool:
+        """Whether the transformer has an image cross-attention (Wan I2V, Wan2.2-Animate: ``image_dim``)."""
+        return self.transformer.config.get("image_dim") is not None
 
     @property
     def num_blocks(self) -> int:
@@ -192,6 +204,9 @@ class WanBackbone(nn.Module):
         b = packed.t.shape[0]
         context = packed.context if packed.context is not None else self.text_embedding.expand(b, -1, -1)
         image = None if packed.image_context is None else packed.image_context.to(tokens.dtype)
+        if image is not None and context.shape[1] != WAN_TEXT_LENGTH:
+            raise ValueError(f"the text embedding has {context.shape[1]} tokens: with CLIP image tokens it must have {WAN_TEXT_LENGTH} "
+                             f"(diffusers' Wan attention splits image from text by that count): set backbone.text.length={WAN_TEXT_LENGTH}")
         temb, modulation, context = wan.embed_conditions(self.transformer, packed.t, context.to(tokens.dtype), image)
         return tokens, temb, modulation, context
 
@@ -468,6 +483,7 @@ def load_backbone(
     init_seed: int = 0,
     prediction: str = "velocity",
     prediction_min_time: float = 0.05,
+    image_encoder: dict | None = None,
 ) -> WanBackbone:
     """Build the backbone from config: local weights (``path``) or a seeded random ``architecture``.
 
@@ -479,6 +495,9 @@ def load_backbone(
     text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
     prediction: what the network outputs, ``velocity`` (Wan) or ``sample`` (x0); a property of the
       weights, so it must match how they were trained.
+    image_encoder: for a transformer with an image cross-attention (I2V, Animate): ``path`` (Wan's
+      ``image_encoder/``), ``processor`` (``image_processor/``), or an ``architecture`` (CLIPVisionConfig
+      keywords) when ``path`` is null; ``skip: true`` runs without image tokens (refused otherwise).
     """
     from animate.weights import load_transformer, load_vae
 
@@ -499,6 +518,7 @@ def load_backbone(
         autoencoder = VideoAutoencoder(load_vae(resolve_path(vae["path"]), config=vae.get("config"))).eval()
     elif vae and vae.get("architecture"):
         autoencoder = VideoAutoencoder(wan.new_vae(**vae["architecture"])).eval()
+    clip = reference_image_encoder(model, dict(image_encoder or {}))
     text = dict(encoder=None, length=512, cache_dir=None, prompt="", seed=0) | dict(text or {})
     embedding = empty_prompt_embedding(
         model.config.text_dim, text["length"], text["encoder"], text["cache_dir"], text["prompt"], text["seed"]
@@ -511,4 +531,27 @@ def load_backbone(
         pretrained=pretrained,
         prediction=prediction,
         prediction_min_time=prediction_min_time,
+        image_encoder=clip,
     )
+
+
+def reference_image_encoder(transformer: nn.Module, cfg: dict) -> nn.Module | None:
+    """The CLIP image encoder a transformer with an image cross-attention needs (None for one without, or with ``skip``)."""
+    from animate.image_encoder import load_image_encoder, new_image_encoder
+
+    image_dim = transformer.config.get("image_dim")
+    if image_dim is None or cfg.get("skip"):
+        return None
+    if cfg.get("path"):
+        encoder = load_image_encoder(resolve_path(cfg["path"]), cfg.get("processor") and resolve_path(cfg["processor"]))
+    elif cfg.get("architecture"):
+        encoder = new_image_encoder(**cfg["architecture"])
+    else:
+        raise ValueError(
+            f"the transformer has an image cross-attention (image_dim={image_dim}: Wan I2V / Animate) and no image encoder is configured: "
+            f"set backbone.image_encoder.path=DIR (the release's image_encoder/, with .processor=DIR/image_processor), "
+            f"or backbone.image_encoder.skip=true to run its image cross-attention without the reference's CLIP tokens"
+        )
+    if encoder.dim != image_dim:
+        raise ValueError(f"backbone.image_encoder gives {encoder.dim}-wide tokens, the transformer's image_dim is {image_dim}")
+    return encoder

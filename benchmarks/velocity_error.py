@@ -38,7 +38,7 @@ def training_sequence(system: AnimationSystem, batch: dict) -> tuple[dict, Laten
     batch = system.prepare_batch(batch, augment=False)
     latents = system.encode(batch, system.latent_inputs(training=True))
     b = batch["video"].shape[0]
-    return batch, system.build_sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)
+    return batch, system.sequence(batch, latents, system.level_drops(len(system.guidance_levels) - 1, b), training=True)
 
 
 @torch.no_grad()

@@ -19,13 +19,18 @@ WAN_PARAMETERS = {
 }
 # the Wan2.1 VAE (Wan2.1_VAE.pth: 508 MB of float32)
 WAN21_VAE_PARAMETERS = 126_892_531
+# open-clip xlm-roberta-large-vit-huge-14's visual tower as transformers' CLIPVisionModel (Wan's image_encoder/)
+CLIP_VIT_H_14_PARAMETERS = 630_766_080  # 1.26 GB of float16 in the Wan2.1-I2V-14B-480P-Diffusers release
+
+
+# seeded random weights of each architecture instead of local files (the meta device: shapes only)
+WEIGHTS_FROM_ARCHITECTURE = ["backbone.transformer.path=null", "backbone.vae.path=null", "backbone.text.encoder=null", "++backbone.image_encoder.path=null"]
 
 
 def composed(conf: str, backbone: str, *overrides: str):
     """``conf`` on the real ``backbone`` with seeded random weights (``path=null``) instead of local files."""
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose(conf, overrides=[f"backbone={backbone}", "backbone.transformer.path=null", "backbone.vae.path=null",
-                                        "backbone.text.encoder=null", "method.latent_cache=null", *overrides])
+        return compose(conf, overrides=[f"backbone={backbone}", *WEIGHTS_FROM_ARCHITECTURE, "method.latent_cache=null", *overrides])
 
 
 def on_meta(node):
@@ -44,6 +49,10 @@ def test_the_real_backbone_presets_build_wan_on_the_meta_device(backbone):
     assert all(p.is_meta for p in built.parameters())
     assert count(built.transformer) == WAN_PARAMETERS[backbone] and count(built.vae) == WAN21_VAE_PARAMETERS
     assert built.compression.token_space == 16 and built.compression.vae_space == 8 and built.compression.vae_time == 4
+    # I2V and Animate attend to the reference's CLIP tokens: open-clip ViT-H/14's visual tower (632M) comes with them
+    assert (built.image_encoder is not None) == built.takes_image_tokens == (backbone in ("wan21_i2v_14b", "wan22_animate_14b"))
+    if built.image_encoder is not None:
+        assert count(built.image_encoder) == CLIP_VIT_H_14_PARAMETERS and built.image_encoder.dim == 1280
 
 
 @pytest.mark.parametrize(
@@ -96,7 +105,7 @@ def test_real_scale_experiments_build_the_papers_models_on_the_meta_device(conf,
     monkeypatch.setenv("ANIMATE_DATA", "/shards")
     backbone, rank, frames, steps = REAL_EXPERIMENTS[conf]
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfg = compose(conf, overrides=["backbone.transformer.path=null", "backbone.vae.path=null", "backbone.text.encoder=null"])
+        cfg = compose(conf, overrides=WEIGHTS_FROM_ARCHITECTURE)
     assert cfg.data.root == "/shards" and list(cfg.data.frame_buckets) == [frames] and cfg.data.random_window
     assert cfg.method.lora.rank == rank and cfg.method.sampler.steps == steps and cfg.trainer.precision == "bf16-mixed"
     assert cfg.method.latent_cache is None and cfg.backbone.gradient_checkpointing

@@ -28,6 +28,8 @@ from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
 from animate.step_cache import FirstBlockCache
 
+IMAGE_TOKENS = "reference_image_tokens"  # the encoded entry holding the reference's CLIP tokens (I2V / Animate backbones)
+
 PixelFn = Callable[[dict], Tensor]
 """batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
 
@@ -50,6 +52,7 @@ class LatentSequence:
     attention_mask: Tensor | None = None  # (B, 1, L, L) bool
     frame_ids: Tensor | None = None  # (B, F) RoPE time index
     attention_kwargs: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ...) read by the method's attention processors
+    image_context: Tensor | None = None  # (B, S_img, image_dim) the reference's CLIP tokens (I2V / Animate backbones), zero where it is dropped
 
     def frame_times(self, t: Tensor) -> Tensor:
         """Per-frame flow time (B, F): ``t`` (B,) on generated frames, 0 on held (clean) frames."""
@@ -65,6 +68,7 @@ class LatentSequence:
             injections=self.injections,
             attention_mask=self.attention_mask,
             attention_kwargs=self.attention_kwargs,
+            image_context=self.image_context,
         )
 
     @classmethod
@@ -218,6 +222,23 @@ class AnimationSystem(L.LightningModule):
         """Lay out one batch along time; ``drop[name]`` (B,) bool marks dropped conditions."""
         raise NotImplementedError(f"{type(self).__name__} must lay out its latent sequence")
 
+    def sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
+        """:meth:`build_sequence`, with the reference's CLIP tokens when the backbone has an image cross-attention."""
+        seq = self.build_sequence(batch, latents, drop, training)
+        tokens = latents.get(IMAGE_TOKENS)  # (B, S_img, image_dim), from encode()
+        if tokens is not None:
+            seq.image_context = tokens if "reference" not in drop else keep_samples(tokens, drop["reference"])
+        return seq
+
+    def reference_image_tokens(self, batch: dict) -> Tensor:
+        """The reference's CLIP tokens (B, S_img, image_dim), once per clip through the latent cache when configured."""
+        encoder = self.backbone.image_encoder
+        keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
+        if self.latent_cache.enabled and keys[0] is not None and IMAGE_TOKENS not in self.uncached_latents:
+            name = f"{IMAGE_TOKENS}:{encoder.fingerprint()}"
+            return self.latent_cache.get_or_encode(keys, name, lambda idx: batch["reference"][idx], encoder)
+        return encoder(batch["reference"])
+
     # ----- the flow pair: override both for another flow-matching objective --------------------
     def flow_pair(self, seq: LatentSequence, noise: Tensor, t: Tensor) -> FlowPair:
         """Rectified flow on the generated frames: x_t = (1 - t) x0 + t eps, target eps - x0."""
@@ -236,7 +257,10 @@ class AnimationSystem(L.LightningModule):
 
     # ----- encoding ------------------------------------------------------------------------------
     def encode(self, batch: dict, inputs: Mapping[str, PixelFn]) -> dict[str, Tensor]:
-        """VAE latents of ``inputs`` (name -> pixel builder), through the latent cache when configured."""
+        """VAE latents of ``inputs`` (name -> pixel builder), through the latent cache when configured.
+
+        With an image cross-attention in the backbone (I2V, Animate), also the reference's CLIP tokens as ``reference_image_tokens``.
+        """
         vae = self.backbone.vae
         keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
         out = {}
@@ -245,6 +269,8 @@ class AnimationSystem(L.LightningModule):
                 out[name] = self.latent_cache.get_or_encode(keys, name, lambda idx, fn=pixels: fn(batch)[idx], vae.encode)
             else:
                 out[name] = vae.encode(pixels(batch))
+        if self.backbone.image_encoder is not None and self.backbone.takes_image_tokens:
+            out[IMAGE_TOKENS] = self.reference_image_tokens(batch)
         return out
 
     def target_latent_shape(self, batch: dict) -> tuple[int, int, int, int]:
@@ -279,7 +305,7 @@ class AnimationSystem(L.LightningModule):
         latents = self.encode(batch, self.latent_inputs(training=True))
         b = batch["video"].shape[0]
         drops = self.sample_drops(b) if generator is None else self.level_drops(len(self.guidance_levels) - 1, b)
-        seq = self.build_sequence(batch, latents, drops, training=True)
+        seq = self.sequence(batch, latents, drops, training=True)
         t = sample_time(b, **self.time_sampling, generator=generator, device="cpu").to(self.device)
         noise = torch.randn(seq.clean.shape, generator=generator, device="cpu").to(seq.clean)
         pair = self.flow_pair(seq, noise, t)
@@ -314,7 +340,7 @@ class AnimationSystem(L.LightningModule):
         batch = self.prepare_batch(batch, augment=False)
         latents = self.encode(batch, self.latent_inputs(training=False))
         b = batch["reference"].shape[0]
-        return {level: self.build_sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
+        return {level: self.sequence(batch, latents, self.level_drops(level, b), training=False) for level in levels}
 
     def level_velocity(self, sequences: Mapping[int, LatentSequence], cache_threshold: float | None = None) -> Callable[[Tensor, Tensor, Sequence[int]], Tensor]:
         """(x, t, levels) -> velocities of ``levels`` batched in one forward, each level holding its own frames.

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from animate.backbone import WanBackbone
-from animate.methods.base import AnimationSystem, LatentSequence, PixelFn, keep_samples, video_pixels
+from animate.methods.base import IMAGE_TOKENS, AnimationSystem, LatentSequence, PixelFn, keep_samples, video_pixels
 from animate.modules.hrfa import install_hrfa
 from animate.modules.pose_control import ControlNetPoseBranch, ReferenceGuidedPoseControl
 from animate.modules.reference_extractor import ReferenceExtractor, ReferencePrefixEncoder
@@ -91,7 +91,7 @@ class OneToAll(AnimationSystem):
 
     conditions = ("pose", "reference")
     guidance_levels = ((), ("pose",), ("pose", "reference"))  # Eq. 16: x_0, x_P, x_RP
-    uncached_latents = frozenset({"reference", "reference_mask"})  # the outpainting mask is redrawn every step
+    uncached_latents = frozenset({"reference", "reference_mask", IMAGE_TOKENS})  # the outpainting mask is redrawn every step
 
     def __init__(
         self,
