@@ -7,6 +7,8 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -77,11 +79,11 @@ class SampleVideos(L.Callback):
             self._batch = datamodule.heldout_samples("val", self.num_samples)[0]
         return self._batch
 
-    @rank_zero_only
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Render and write the samples of the current step."""
+        """Render and write the samples of the current step (rank zero; under FSDP every rank generates, the weights being sharded)."""
+        sharded = is_fsdp(trainer)
         step = trainer.global_step
-        if step == self._last_step:
+        if step == self._last_step or not (trainer.is_global_zero or sharded):
             return
         batch = self._heldout_batch(trainer)
         if batch is None:
@@ -91,9 +93,12 @@ class SampleVideos(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            generated = pl_module.generate(batch, steps=self.steps)
+            with full_weights(trainer):
+                generated = pl_module.generate(batch, steps=self.steps)
         finally:
             pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         grid = comparison_grid(batch["reference"], batch["pose"], generated, batch["video"])  # (T, H, W', 3)
         stem = self.directory / f"step_{step:06d}"
         write_mp4(stem.with_suffix(".mp4"), grid, self.fps)
@@ -110,6 +115,25 @@ class SampleVideos(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer, pl_module)
+
+
+def is_fsdp(trainer: L.Trainer) -> bool:
+    """Whether the trainer shards the weights with FSDP."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+@contextmanager
+def full_weights(trainer: L.Trainer) -> Iterator[None]:
+    """Under FSDP the gathered weights on every rank for the block (a collective: all ranks enter); otherwise nothing."""
+    if not is_fsdp(trainer):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.model, writeback=False):
+        yield
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:

@@ -28,6 +28,7 @@ from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
 from animate.step_cache import FirstBlockCache
 
+FSDP_WRAPPED = "_fsdp_wrapped_module."  # the name part FSDP's units add to their parameters' names (not to state-dict keys)
 IMAGE_TOKENS = "reference_image_tokens"  # the encoded entry holding the reference's CLIP tokens (I2V / Animate backbones)
 
 PixelFn = Callable[[dict], Tensor]
@@ -445,6 +446,16 @@ class AnimationSystem(L.LightningModule):
         ]
         return [group for group in groups if group["params"]]
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the global norm; under FSDP through FSDP's own ``clip_grad_norm_`` (the norm over every rank's shards)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model
+        if isinstance(model, FullyShardedDataParallel) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
         optimizer = self.optimizer_factory([{"params": g["params"]} for g in groups])
@@ -455,8 +466,8 @@ class AnimationSystem(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     def trainable_keys(self) -> set[str]:
-        """State-dict keys of trainable parameters."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """State-dict keys of trainable parameters (under FSDP without its wrappers' name parts, as in the gathered state dict)."""
+        return {name.replace(FSDP_WRAPPED, "") for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_keys() | self.initialised_keys
@@ -465,6 +476,8 @@ class AnimationSystem(L.LightningModule):
         checkpoint["run_config"] = getattr(self, "run_config", None)  # rebuilds the frozen base in generate
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "state_dict" not in checkpoint:  # FSDP's strategy has loaded the weights already (and taken them out)
+            return
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} trainable weights (e.g. {sorted(missing)[:3]}): was it written by another method or config?")
