@@ -484,6 +484,7 @@ def load_backbone(
     prediction: str = "velocity",
     prediction_min_time: float = 0.05,
     image_encoder: dict | None = None,
+    attention_backend: str | None = None,
 ) -> WanBackbone:
     """Build the backbone from config: local weights (``path``) or a seeded random ``architecture``.
 
@@ -498,6 +499,8 @@ def load_backbone(
     image_encoder: for a transformer with an image cross-attention (I2V, Animate): ``path`` (Wan's
       ``image_encoder/``), ``processor`` (``image_processor/``), or an ``architecture`` (CLIPVisionConfig
       keywords) when ``path`` is null; ``skip: true`` runs without image tokens (refused otherwise).
+    attention_backend: null (diffusers' default, PyTorch's SDPA), ``auto`` (the fastest exact kernel installed:
+      FlashAttention-3 on Hopper, FlashAttention-2) or a diffusers backend name (``flash``, ``_native_cudnn``, ...).
     """
     from animate.weights import load_transformer, load_vae
 
@@ -507,6 +510,11 @@ def load_backbone(
         model = load_transformer(resolve_path(transformer["path"]), config=transformer.get("config")).train()  # as built: from_pretrained returns eval mode
     else:
         model = build_transformer(transformer.get("kind", "wan"), **transformer["architecture"])
+    if attention_backend:
+        try:
+            wan.set_attention_backend(model, attention_backend)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"backbone.attention_backend={attention_backend}: {error}") from None
     pretrained = {name for name, _ in model.named_parameters()} if transformer.get("path") else set()
     if transformer.get("kind") == "animate" and not wan.is_animate(model):  # Animate grown from a T2V base (the tiny default)
         model, pretrained = animate_from_base(model, **dict(transformer.get("animate") or {}))

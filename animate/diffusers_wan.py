@@ -198,6 +198,26 @@ def strip_text_embedding(condition_embedder: nn.Module) -> nn.Module:
     return condition_embedder
 
 
+def fastest_attention_backend() -> str:
+    """The fastest exact attention diffusers can run here: FlashAttention-3 on Hopper, FlashAttention-2, else ``native`` (PyTorch's SDPA, which picks its own fused kernel on a GPU)."""
+    from diffusers.models import attention_dispatch
+
+    if torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability()
+        if major == 9 and attention_dispatch._CAN_USE_FLASH_ATTN_3:
+            return "_flash_3"
+        if attention_dispatch._CAN_USE_FLASH_ATTN:
+            return "flash"
+    return "native"
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> str:
+    """Run the model's attention processors (and those made after, through diffusers' active backend) on ``backend`` (``auto``: :func:`fastest_attention_backend`); returns its name."""
+    name = fastest_attention_backend() if backend == "auto" else backend
+    model.set_attention_backend(name)
+    return name
+
+
 def patch_size(model: nn.Module) -> tuple[int, int, int]:
     """The transformer's (pt, ph, pw)."""
     return tuple(model.config.patch_size)

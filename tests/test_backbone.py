@@ -248,3 +248,21 @@ def test_a_packed_forward_with_4x4_patches_keeps_the_latent_shape():
     latents = torch.randn(2, 4, 3, 16, 8)
     velocity = backbone(PackedInput(latents=latents, t=torch.full((2, 3), 0.5)))
     assert velocity.shape == latents.shape
+
+
+def test_the_attention_backend_is_a_config_key_with_the_fastest_kernel_as_auto():
+    from animate.backbone import load_backbone
+
+    arch = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+                text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64)
+    try:
+        backbone = load_backbone(dict(path=None, architecture=arch), attention_backend="auto")  # no CUDA here: PyTorch's SDPA
+        assert {str(block.attn1.processor._attention_backend) for block in backbone.transformer.blocks} == {"AttentionBackendName.NATIVE"}
+        with pytest.raises(ValueError, match=r"backbone.attention_backend=flash: .*flash-attn"):
+            load_backbone(dict(path=None, architecture=arch), attention_backend="flash")  # not installed: said so, by key
+        with pytest.raises(ValueError, match=r"backbone.attention_backend=fastest: .*must be one of"):
+            load_backbone(dict(path=None, architecture=arch), attention_backend="fastest")
+    finally:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)  # diffusers keeps the choice process-wide
