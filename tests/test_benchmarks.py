@@ -135,3 +135,22 @@ def test_drift_compares_rollouts_at_horizons_and_per_chunk(workdir, smoke_overri
         assert set(entry["horizons"]) == {"full", "1s"} and entry["window_frames"] == 8
         assert entry["horizons"]["1s"]["psnr_background"]["std"] >= 0 and len(entry["drift"]) == 21 // 8
     assert out.is_file() and (tmp_path / "drift_psnr_background.png").is_file()
+
+
+def test_inference_benchmark_times_each_cfg_setting_and_says_it_ran_scaled_down_on_cpu():
+    from benchmarks.inference import guidance_settings, main
+
+    assert guidance_settings(1) == [[]] and guidance_settings(3) == [[1.0, 1.0], [1.5, 1.5], [1.5, 2.5]]  # 1, 2, 3 passes (Eq. 16)
+    report = main(["conf=onetoall", "--steps", "3", "--guidance", "1,1", "1.5,2.5", "--cache-threshold", "1e9"])
+    assert report["scaled_down"] and report["shape"]["frames"] == 9 and report["random_weights"] == []
+    assert [r["passes_per_step"] for r in report["results"]] == [1.0, 3.0]
+    assert all(r["wall_s"] > 0 and r["step_s_median"] > 0 and r["reused_fraction"] == round(2 / 3, 3) for r in report["results"])
+
+
+def test_training_benchmark_counts_model_flops_linear_in_the_batch():
+    from benchmarks.training import main, model_flops
+
+    one, two = (model_flops(["conf=unianimate"], batch, 5, 64, 64) for batch in (1, 2))
+    assert one > 0 and two == 2 * one
+    report = main(["conf=unianimate", "--steps", "1", "--warmup", "0"])
+    assert report["scaled_down"] and report["mfu"] is None and report["clips_per_s"] > 0 and report["model_tflops_per_step"] > 0
