@@ -17,6 +17,7 @@ and LoRA targets stay diffusers'; every reach into diffusers' internals goes thr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -156,6 +157,7 @@ class WanBackbone(nn.Module):
         self.compression = compression or compression_of(transformer, vae)
         self.gradient_checkpointing = gradient_checkpointing
         self.step_cache: FirstBlockCache | None = None  # set by caching() while sampling
+        self.context_parallel = None  # an animate.parallel.ContextParallel: this rank's share of every sequence
         if text_embedding is None:
             text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
         self.register_buffer("text_embedding", text_embedding, persistent=False)  # (1, S, text_dim)
@@ -230,8 +232,12 @@ class WanBackbone(nn.Module):
             frame_ids = torch.arange(f, device=packed.latents.device).expand(b, f)
         rotary_emb = rotary_embedding(self.transformer.rope, frame_ids, gh, gw)
         hidden_states, temb, modulation, context = self.embed(packed)
+        if self.context_parallel is not None:  # this rank's frames of every per-token and per-frame input
+            hidden_states, rotary_emb, temb, modulation, packed = self._shard_frames(hidden_states, rotary_emb, temb, modulation, packed, gf)
         hidden_states = self._inject(hidden_states, packed, -1)
         cache = self.step_cache
+        if cache is not None and self.context_parallel is not None:
+            raise ValueError("step caching with context parallel: the ranks would decide to skip blocks apart; use one of them")
         for index, block in enumerate(self.transformer.blocks):
             args = (block, hidden_states, context, modulation, rotary_emb, packed.attention_mask, packed.attention_kwargs)
             if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -250,10 +256,39 @@ class WanBackbone(nn.Module):
         else:
             if cache is not None:
                 cache.store(first_residual, hidden_states - after_first)
-        output = self.unpatchify(wan.output_head(self.transformer, hidden_states, temb), gf, gh, gw)
+        output = wan.output_head(self.transformer, hidden_states, temb)  # (B, L, p*C)
+        if self.context_parallel is not None:
+            output = self._gather_frames(output)
+        output = self.unpatchify(output, gf, gh, gw)
         if self.prediction == "sample":
             return velocity_from_sample(packed.latents, output, packed.t, self.prediction_min_time)
         return output
+
+    def _shard_frames(self, hidden_states: Tensor, rotary_emb: tuple[Tensor, Tensor], temb: Tensor, modulation: Tensor,
+                      packed: PackedInput, frames: int) -> tuple:
+        """Context parallel: tokens (B, L, D), RoPE, temb (B, F, D), modulation (B, F, 6, D) and injections cut to this rank's frames."""
+        cp = self.context_parallel
+        if torch.is_grad_enabled():
+            raise RuntimeError("context parallel runs generation only (torch.no_grad); train with trainer=fsdp or deepspeed")
+        if packed.attention_mask is not None or packed.block_hook is not None:
+            raise ValueError("context parallel: an attention mask or a block hook (One-to-All's pose control, Animate's face adapter) "
+                             "is not split over the sequence yet")
+        keep = cp.frames(frames)
+        per_frame = hidden_states.shape[1] // frames
+        tokens = slice(keep.start * per_frame, keep.stop * per_frame)
+        cos, sin = rotary_emb
+        injections = {index: extra[:, tokens] for index, extra in packed.injections.items()}
+        packed = dataclasses.replace(packed, injections=injections)
+        return hidden_states[:, tokens], (cos[:, tokens], sin[:, tokens]), temb[:, keep], modulation[:, keep], packed
+
+    def _gather_frames(self, output: Tensor) -> Tensor:
+        """Context parallel: every rank's output tokens (B, L / n, E), joined in frame order (B, L, E)."""
+        import torch.distributed as dist
+
+        cp = self.context_parallel
+        parts = [torch.empty_like(output) for _ in range(cp.size)]
+        dist.all_gather(parts, output.contiguous(), group=cp.group)
+        return torch.cat(parts, dim=1)
 
     @contextmanager
     def caching(self, cache: FirstBlockCache | None) -> Iterator[None]:

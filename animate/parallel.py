@@ -1,4 +1,4 @@
-"""How the Wan backbone is split over devices: FSDP's wrapping units.
+"""How the Wan backbone is split over devices: FSDP's wrapping units, and context (sequence) parallel generation.
 
 The packed forward (:mod:`animate.backbone`) runs a block's parts itself (norms, self-attention,
 cross-attention, feed-forward) rather than the block's ``forward``, so FSDP units are the modules
@@ -10,6 +10,8 @@ whole step.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -44,3 +46,59 @@ class AnyDeviceFSDPStrategy(FSDPStrategy):
 
         return FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
                                         sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+
+
+@dataclass
+class ContextParallel:
+    """Context (sequence) parallel generation: every rank holds a contiguous share of the latent frames' tokens.
+
+    The block loop (:meth:`animate.backbone.WanBackbone.forward`) cuts the tokens, RoPE, per-frame modulation and token
+    injections to this rank's frames; diffusers' attention dispatch runs each self-attention over the whole sequence
+    (Ulysses: an all-to-all from sequence to head shards and back; ring: key/value shards passed around), cross-attention
+    stays local, and the output head's tokens are gathered at the end. Made by :func:`enable_context_parallel`.
+    """
+
+    config: object  # diffusers' ParallelConfig, set up on the process group's mesh
+    rank: int  # this process's place along the sequence
+    size: int  # processes sharing one sequence
+    group: object  # their process group
+
+    def frames(self, total: int) -> slice:
+        """This rank's latent frames of ``total`` (which the ranks must divide)."""
+        if total % self.size:
+            raise ValueError(f"context parallel over {self.size} processes needs the latent frames ({total}) to be a multiple of {self.size}")
+        share = total // self.size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+def enable_context_parallel(backbone: nn.Module, ulysses_degree: int = 1, ring_degree: int = 1) -> ContextParallel:
+    """Split every sequence of ``backbone`` over ``ulysses_degree x ring_degree`` processes of the initialised process group.
+
+    Ulysses needs the attention heads divisible by its degree and an all-to-all (NCCL; gloo on a CPU); ring needs a backend
+    that returns the log-sum-exp (FlashAttention, cuDNN), so not PyTorch's plain SDPA. Self-attention processors must be
+    diffusers' own (a method that installs its own, One-to-All's HRFA, is refused).
+    """
+    import torch.distributed as dist
+    from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not dist.is_initialized():
+        raise RuntimeError("context parallel generation needs an initialised process group (torchrun, or trainer.devices > 1)")
+    blocks = backbone.transformer.blocks
+    foreign = {type(block.attn1.processor).__name__ for block in blocks if not isinstance(block.attn1.processor, WanAttnProcessor)}
+    if foreign:
+        raise ValueError(f"context parallel: the self-attention runs {sorted(foreign)}, not diffusers' WanAttnProcessor (One-to-All's HRFA "
+                         f"has no sequence-parallel form yet)")
+    cp = ContextParallelConfig(ulysses_degree=ulysses_degree, ring_degree=ring_degree)
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mesh = init_device_mesh(device_type, (ring_degree, ulysses_degree), mesh_dim_names=("ring", "ulysses"))
+    config = ParallelConfig(context_parallel_config=cp)
+    rank = dist.get_rank()
+    config.setup(rank, dist.get_world_size(), torch.device(device_type, rank % max(1, torch.cuda.device_count())) if device_type == "cuda"
+                 else torch.device("cpu"), mesh=mesh)
+    for block in blocks:
+        block.attn1.processor._parallel_config = config  # cross-attention (attn2) stays local: diffusers passes no config there
+    flat = cp._flattened_mesh
+    backbone.context_parallel = ContextParallel(config, flat.get_local_rank(), flat.size(), flat.get_group())
+    return backbone.context_parallel
