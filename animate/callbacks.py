@@ -231,8 +231,10 @@ class ClipWriter(L.Callback):
     """
 
     def __init__(
-        self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12, still_frames: int = 4
+        self, directory: str | os.PathLike, name: str = "generated", targets: bool = True, grids: bool = True, fps: float = 12, still_frames: int = 4,
+        every_rank: bool = True,
     ):
+        self.every_rank = every_rank  # False: rank zero writes (context parallel: every rank holds the same clips)
         self.directory = Path(directory)
         self.name = name
         self.targets = targets
@@ -241,6 +243,8 @@ class ClipWriter(L.Callback):
         self.still_frames = still_frames
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: dict, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not (self.every_rank or trainer.is_global_zero):
+            return
         generated = outputs["generated"].float().cpu()
         for index, key in enumerate(outputs["key"]):
             write_frames(self.directory / self.name / key, frames_uint8(generated[index]))

@@ -74,7 +74,7 @@ class ContextParallel:
 def enable_context_parallel(backbone: nn.Module, ulysses_degree: int = 1, ring_degree: int = 1) -> ContextParallel:
     """Split every sequence of ``backbone`` over ``ulysses_degree x ring_degree`` processes of the initialised process group.
 
-    Ulysses needs the attention heads divisible by its degree and an all-to-all (NCCL; gloo on a CPU); ring needs a backend
+    Ulysses needs an all-to-all (NCCL; gloo on a CPU), and pads heads that its degree does not divide; ring needs a backend
     that returns the log-sum-exp (FlashAttention, cuDNN), so not PyTorch's plain SDPA. Self-attention processors must be
     diffusers' own (a method that installs its own, One-to-All's HRFA, is refused).
     """
@@ -90,9 +90,13 @@ def enable_context_parallel(backbone: nn.Module, ulysses_degree: int = 1, ring_d
     if foreign:
         raise ValueError(f"context parallel: the self-attention runs {sorted(foreign)}, not diffusers' WanAttnProcessor (One-to-All's HRFA "
                          f"has no sequence-parallel form yet)")
-    cp = ContextParallelConfig(ulysses_degree=ulysses_degree, ring_degree=ring_degree)
+    heads = backbone.transformer.config.num_attention_heads
+    # diffusers' "Ulysses anything" pads heads (and tokens) that do not divide evenly, e.g. the tiny default's 5 heads over 2
+    cp = ContextParallelConfig(ulysses_degree=ulysses_degree, ring_degree=ring_degree, ulysses_anything=ulysses_degree > 1 and heads % ulysses_degree != 0)
     device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    mesh = init_device_mesh(device_type, (ring_degree, ulysses_degree), mesh_dim_names=("ring", "ulysses"))
+    # on a CPU the mesh's groups are gloo named with their device ("cpu:gloo"), which diffusers' uneven Ulysses looks for
+    override = {"ring": "cpu:gloo", "ulysses": "cpu:gloo"} if device_type == "cpu" else None
+    mesh = init_device_mesh(device_type, (ring_degree, ulysses_degree), mesh_dim_names=("ring", "ulysses"), backend_override=override)
     config = ParallelConfig(context_parallel_config=cp)
     rank = dist.get_rank()
     config.setup(rank, dist.get_world_size(), torch.device(device_type, rank % max(1, torch.cuda.device_count())) if device_type == "cuda"

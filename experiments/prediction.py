@@ -75,17 +75,19 @@ class HeldoutClips(IterableDataset):
     strategy each rank takes its own disjoint share (:meth:`AnimationDataModule.eval_dataset`).
     """
 
-    def __init__(self, datamodule, split: str, num_clips: int, kind: str = "video"):
+    def __init__(self, datamodule, split: str, num_clips: int, kind: str = "video", by_rank: bool = True):
         self.datamodule = datamodule
         self.split = split
         self.num_clips = num_clips
         self.kind = kind
+        self.by_rank = by_rank  # False: every rank reads every clip (context parallel: the ranks share each clip's sequence)
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.datamodule.eval_dataset(self.split, self.num_clips, by_rank=True, kind=self.kind))
+        return iter(self.datamodule.eval_dataset(self.split, self.num_clips, by_rank=self.by_rank, kind=self.kind))
 
 
-def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None, kind: str = "video") -> DataLoader:
+def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: int | None = None, kind: str = "video",
+                   by_rank: bool = True) -> DataLoader:
     """A loader of the held-out clips (``kind="video"``), image pairs (``"image"``: pose transfer) or long clips (``"long"``, one per batch) of a run's dataset.
 
     ``batch_size``: null = the run's.
@@ -95,7 +97,13 @@ def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: 
     overrides = {"batch_size": 1 if kind == "long" else batch_size} if batch_size or kind == "long" else {}
     datamodule = instantiate(run_cfg.data, **overrides)
     datamodule.prepare_data()
-    return DataLoader(HeldoutClips(datamodule, split, num_clips, kind), batch_size=None)
+    return DataLoader(HeldoutClips(datamodule, split, num_clips, kind, by_rank), batch_size=None)
+
+
+def context_parallel_degree(cfg: DictConfig) -> int:
+    """Processes that share each clip's sequence (``context_parallel.ulysses x ring``; 1: the clips are split between processes)."""
+    cp = cfg.get("context_parallel") or {}
+    return int(cp.get("ulysses", 1)) * int(cp.get("ring", 1))
 
 
 def check_model(model: str) -> None:
@@ -127,10 +135,11 @@ def predict_clips(
         seed=cfg.sampler.seed,
         cache_threshold=cfg.sampler.get("cache_threshold"),
         baseline="repeat_reference" if model == "repeat_reference" else None,
+        context_parallel=dict(cfg.context_parallel) if context_parallel_degree(cfg) > 1 else None,
     )
     if getattr(loader.dataset, "kind", "video") == "long":
         system.prediction |= {"rollout": long_rollout(system, cfg), "store_dir": str(out / "chunks" / model)}
-    writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps)
+    writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps, every_rank=context_parallel_degree(cfg) == 1)
     trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False)
     log.info("generating with the %s model into %s", model, out / model)
     trainer.predict(system, dataloaders=loader, return_predictions=False)

@@ -204,7 +204,7 @@ class AnimationSystem(L.LightningModule):
         self.rollout = dict(rollout or {})  # long videos: animate.rollout.RolloutConfig fields
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
-        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None, cache_threshold=None)
+        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None, cache_threshold=None, context_parallel=None)
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         self.initialised_keys: frozenset[str] = frozenset()  # weights loaded from an earlier stage (init_from): saved even when frozen here
         if backbone.vae is not None:
@@ -412,6 +412,20 @@ class AnimationSystem(L.LightningModule):
         """Batch entries the first chunk of a long video leaves for all later chunks (EverAnimate: the identity memory)."""
         return {}
 
+    def on_predict_start(self) -> None:
+        """With ``prediction["context_parallel"]`` (``ulysses``, ``ring``): split every sequence over the processes (:mod:`animate.parallel`)."""
+        cp = self.prediction.get("context_parallel")
+        if not cp or self.backbone.context_parallel is not None:
+            return
+        from animate.parallel import enable_context_parallel
+
+        degree = int(cp.get("ulysses", 1)) * int(cp.get("ring", 1))
+        if degree != self.trainer.world_size:
+            raise ValueError(f"context_parallel ulysses x ring = {degree} must equal the processes (trainer devices x nodes = {self.trainer.world_size})")
+        if self.sampler["cache_threshold"] or self.prediction.get("cache_threshold"):
+            raise ValueError("context_parallel with step caching: the ranks would skip blocks apart; set sampler.cache_threshold=0")
+        enable_context_parallel(self.backbone, ulysses_degree=int(cp.get("ulysses", 1)), ring_degree=int(cp.get("ring", 1)))
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         """Generated clips (B, 3, T, H, W) in [-1, 1] of one batch, by :attr:`prediction`'s settings.
 
@@ -420,6 +434,7 @@ class AnimationSystem(L.LightningModule):
         """
         options = dict(self.prediction)
         rollout, store_dir = options.pop("rollout", None), options.pop("store_dir", None)
+        options.pop("context_parallel", None)  # set up in on_predict_start
         if options.get("cache_threshold") is None:
             options["cache_threshold"] = self.sampler["cache_threshold"]
         if options.pop("baseline") == "repeat_reference":
