@@ -150,3 +150,18 @@ def _leaves(tree: dict, prefix: str = ""):
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def test_the_gpu_trainer_presets_state_their_strategy_and_precision():
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    trainers = {}
+    for name in ("gpu", "gpu_bf16", "deepspeed", "fsdp"):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            trainers[name] = compose("frameprompt", overrides=[f"trainer={name}"]).trainer
+    assert trainers["gpu"].precision == "bf16-mixed" and trainers["gpu_bf16"].precision == "bf16-true"
+    assert trainers["deepspeed"].strategy.stage == 2 and trainers["deepspeed"].strategy.exclude_frozen_parameters
+    fsdp = trainers["fsdp"].strategy
+    assert fsdp._target_ == "lightning.pytorch.strategies.FSDPStrategy" and "broadcast_buffers" not in fsdp
+    policy = instantiate(fsdp.auto_wrap_policy)
+    assert isinstance(policy, ModuleWrapPolicy) and {c.__name__ for c in policy._module_classes} == {"WanAttention", "FeedForward"}
