@@ -12,7 +12,9 @@ pattern), an attention mask, and RoPE with an explicit per-frame time index.
 The block loop runs the parts of diffusers' ``WanTransformerBlock`` (norms, self- and
 cross-attention through their attention processors, feed-forward) so that weights, processors
 and LoRA targets stay diffusers'; every reach into diffusers' internals goes through
-:mod:`animate.diffusers_wan`.
+:mod:`animate.diffusers_wan`. While sampling, the loop can skip the blocks after block 0 on slowly
+changing steps (:mod:`animate.step_cache`) and split every sequence over processes by frames
+(:mod:`animate.parallel`, context parallel generation).
 """
 
 from __future__ import annotations
