@@ -160,6 +160,7 @@ class WanBackbone(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         self.step_cache: FirstBlockCache | None = None  # set by caching() while sampling
         self.context_parallel = None  # an animate.parallel.ContextParallel: this rank's share of every sequence
+        self.offload_blocks = False  # sequential CPU offload (animate.parallel.BlockOffloadStrategy): blocks live in host memory, each visits the GPU in turn
         if text_embedding is None:
             text_embedding = torch.zeros(1, 1, transformer.config.text_dim)
         self.register_buffer("text_embedding", text_embedding, persistent=False)  # (1, S, text_dim)
@@ -241,6 +242,7 @@ class WanBackbone(nn.Module):
         if cache is not None and self.context_parallel is not None:
             raise ValueError("step caching with context parallel: the ranks would decide to skip blocks apart; use one of them")
         for index, block in enumerate(self.transformer.blocks):
+            block = self._onload(block, hidden_states.device)
             args = (block, hidden_states, context, modulation, rotary_emb, packed.attention_mask, packed.attention_kwargs)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 update = checkpoint(block_forward, *args, use_reentrant=False)
@@ -253,8 +255,10 @@ class WanBackbone(nn.Module):
                 first_residual, after_first = update - hidden_states, update
                 if cache.can_reuse(first_residual):
                     hidden_states = cache.reuse(update)
+                    self._offload(block)
                     break
             hidden_states = update
+            self._offload(block)
         else:
             if cache is not None:
                 cache.store(first_residual, hidden_states - after_first)
@@ -265,6 +269,17 @@ class WanBackbone(nn.Module):
         if self.prediction == "sample":
             return velocity_from_sample(packed.latents, output, packed.t, self.prediction_min_time)
         return output
+
+    def _onload(self, block: nn.Module, device: torch.device) -> nn.Module:
+        """Sequential offload (``offload_blocks``): the block's weights to the compute device for its turn."""
+        if self.offload_blocks:
+            block.to(device, non_blocking=True)
+        return block
+
+    def _offload(self, block: nn.Module) -> None:
+        """Sequential offload: the block's weights back to host memory once it has run."""
+        if self.offload_blocks:
+            block.to("cpu", non_blocking=True)
 
     def _shard_frames(self, hidden_states: Tensor, rotary_emb: tuple[Tensor, Tensor], temb: Tensor, modulation: Tensor,
                       packed: PackedInput, frames: int) -> tuple:

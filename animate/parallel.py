@@ -1,4 +1,5 @@
-"""How the Wan backbone is split over devices: FSDP's wrapping units, and context (sequence) parallel generation.
+"""How the Wan backbone is split over devices: FSDP's wrapping units, context (sequence) parallel generation, and
+sequential CPU offload for generation on a card too small for the weights.
 
 The packed forward (:mod:`animate.backbone`) runs a block's parts itself (norms, self-attention,
 cross-attention, feed-forward) rather than the block's ``forward``, so FSDP units are the modules
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 from torch import nn
 
 
@@ -106,3 +107,23 @@ def enable_context_parallel(backbone: nn.Module, ulysses_degree: int = 1, ring_d
     flat = cp._flattened_mesh
     backbone.context_parallel = ContextParallel(config, flat.get_local_rank(), flat.size(), flat.get_group())
     return backbone.context_parallel
+
+
+class BlockOffloadStrategy(SingleDeviceStrategy):
+    """One device, with the backbone's blocks in (pinned) host memory: each block visits the device for its turn in the
+    block loop (sequential CPU offload), so a card that cannot hold 14B in bf16 (28.6 GB) generates with one block's weights
+    (0.7 GB) beside the rest. Everything else (embedders, head, the method's modules, VAE, image encoder) moves as usual.
+    Slower by one host-to-device copy of the blocks per forward (about 1 s for 14B over PCIe 4)."""
+
+    def model_to_device(self) -> None:
+        backbone = self.lightning_module.backbone
+        blocks = backbone.transformer.blocks
+        backbone.transformer.blocks = nn.ModuleList()  # out of the way of the move
+        try:
+            self.model.to(self.root_device)
+        finally:
+            backbone.transformer.blocks = blocks
+        if self.root_device.type == "cuda":
+            for tensor in blocks.parameters():
+                tensor.data = tensor.data.pin_memory()  # asynchronous copies
+        backbone.offload_blocks = True

@@ -233,6 +233,7 @@ def estimate(overrides: list[str], frames: int | None = None, size: tuple[int, i
         p.requires_grad_(False)
     peaks = generation_activations(system, meta_batch(cfg, 1, frames, height, width))
     weights = {name: 2 * counts[name] for name in ("transformer", "vae", "image_encoder", "method_modules") if name in counts}
+    blocks = sum(p.numel() for p in system.backbone.transformer.blocks.parameters())
     resident = sum(weights.values())
     denoising = weights["transformer"] + weights["method_modules"] + weights.get("image_encoder", 0)
     report["generation_gb"] = {
@@ -243,6 +244,8 @@ def estimate(overrides: list[str], frames: int | None = None, size: tuple[int, i
         "peak": round((resident + max(peaks["denoise"], peaks["decode"])) / GB, 3),
         # model CPU offload: only the part at work on the GPU
         "peak_model_offload": round(max(denoising + peaks["denoise"], weights["vae"] + peaks["decode"]) / GB, 3),
+        # sequential block offload (trainer=gpu_offload): everything but the blocks, and one block at a time
+        "peak_block_offload": round((resident - 2 * blocks + 2 * largest_block_parameters(system) + max(peaks["denoise"], peaks["decode"])) / GB, 3),
     }
     return report
 

@@ -62,3 +62,4 @@ def test_estimate_of_a_composed_config():
     assert report["parameters"]["total"] > report["parameters"]["trainable"] > 0  # the VAE is frozen
     assert training["zero3"] < training["zero2"] <= training["zero1"] < training["ddp"]
     assert generation["peak"] >= generation["weights"] > 0 and generation["denoise_activations"] > 0
+    assert generation["peak_block_offload"] < generation["peak"]  # the tiny base's 6 blocks, one at a time

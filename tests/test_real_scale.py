@@ -156,10 +156,11 @@ def test_the_gpu_trainer_presets_state_their_strategy_and_precision():
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     trainers = {}
-    for name in ("gpu", "gpu_bf16", "deepspeed", "fsdp"):
+    for name in ("gpu", "gpu_bf16", "gpu_offload", "deepspeed", "fsdp"):
         with initialize_config_dir(config_dir=CONF, version_base=None):
             trainers[name] = compose("frameprompt", overrides=[f"trainer={name}"]).trainer
-    assert trainers["gpu"].precision == "bf16-mixed" and trainers["gpu_bf16"].precision == "bf16-true"
+    assert trainers["gpu"].precision == "bf16-mixed" and trainers["gpu_bf16"].precision == trainers["gpu_offload"].precision == "bf16-true"
+    assert trainers["gpu_offload"].strategy._target_ == "animate.parallel.BlockOffloadStrategy" and "broadcast_buffers" not in trainers["gpu_offload"].strategy
     assert trainers["deepspeed"].strategy.stage == 2 and trainers["deepspeed"].strategy.exclude_frozen_parameters
     fsdp = trainers["fsdp"].strategy
     assert fsdp._target_ == "lightning.pytorch.strategies.FSDPStrategy" and "broadcast_buffers" not in fsdp
