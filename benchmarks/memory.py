@@ -41,27 +41,12 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from benchmarks.real_scale import NOTHING_WRITTEN, from_architecture
 from benchmarks.train_step import compose_run
 from data.buckets import COMMON_ASPECT_RATIOS, aspect_sizes
 
 GB = 1e9
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
-NOTHING_WRITTEN = ["method.latent_cache=null", "method.metrics=null"]
-
-
-def from_architecture(cfg) -> list[str]:
-    """Build every backbone part that has an ``architecture`` from it, not from its weights (values do not matter here); the parts changed."""
-    changed = []
-    backbone = cfg.backbone
-    for part in ("transformer", "vae", "image_encoder"):
-        node = backbone.get(part)
-        if node and node.get("path") and node.get("architecture"):
-            node.path = None
-            changed.append(part)
-    if backbone.get("text") and backbone.text.get("encoder"):
-        backbone.text.encoder = None  # a stand-in prompt embedding of the same shape
-        changed.append("text")
-    return changed
 
 
 class PeakLiveBytes(TorchDispatchMode):
@@ -209,7 +194,7 @@ def estimate(overrides: list[str], frames: int | None = None, size: tuple[int, i
     """Parameters, per-GPU training memory per strategy and single-GPU generation memory of a composed config, in GB."""
     os.environ.setdefault("ANIMATE_DATA", "/unused")
     cfg = compose_run([*overrides, *NOTHING_WRITTEN])
-    random_parts = from_architecture(cfg)
+    random_parts = from_architecture(cfg, only_missing=False)  # values do not matter here: never read weights
     frames = frames or max(cfg.data.frame_buckets)
     side = cfg.data.resolution or max(cfg.data.resolutions)
     ratios = list(cfg.data.aspect_ratios) if cfg.data.get("aspect_ratios") else COMMON_ASPECT_RATIOS

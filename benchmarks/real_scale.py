@@ -17,19 +17,22 @@ from animate.backbone import resolve_path
 from benchmarks.train_step import compose_run
 
 CPU_SHAPE = {"frames": 9, "size": (64, 112), "steps": 2}  # what a CPU runs instead of the requested shape
+NOTHING_WRITTEN = ["method.latent_cache=null", "method.metrics=null"]  # a benchmark leaves no cache entries and computes no metrics
 
 
-def missing_weights_from_architecture(cfg) -> list[str]:
-    """Point every backbone part whose local weights are absent at its ``architecture`` (seeded random weights); the parts changed."""
+def from_architecture(cfg, only_missing: bool = True) -> list[str]:
+    """Build backbone parts from their ``architecture`` (seeded random weights) instead of local files: those whose files are
+    absent, or (``only_missing=False``) every part that has one, as a meta-device estimate wants; returns the parts changed."""
     changed = []
     backbone = cfg.backbone
     for part in ("transformer", "vae", "image_encoder"):
         node = backbone.get(part)
-        if node and node.get("path") and node.get("architecture") and not resolve_path(node.path).exists():
+        if node and node.get("path") and node.get("architecture") and not (only_missing and resolve_path(node.path).exists()):
             node.path = None
             changed.append(part)
-    if backbone.get("text") and backbone.text.get("encoder") and not resolve_path(backbone.text.encoder).exists():
-        backbone.text.encoder = None  # the prompt is encoded once and cached in a real run: a stand-in of the same shape
+    text = backbone.get("text")
+    if text and text.get("encoder") and not (only_missing and resolve_path(text.encoder).exists()):
+        text.encoder = None  # the prompt is encoded once and cached in a real run: a stand-in of the same shape
         changed.append("text")
     return changed
 
@@ -51,8 +54,8 @@ def parameter_bytes(cfg, dtype: torch.dtype) -> int | None:
 def build(overrides: list[str], device: torch.device) -> tuple:
     """(system in eval mode on ``device``, config, the parts with random weights); bfloat16 on a GPU, float32 on a CPU."""
     os.environ.setdefault("ANIMATE_DATA", "/unused")
-    cfg = compose_run([*overrides, "method.latent_cache=null", "method.metrics=null"])
-    random_parts = missing_weights_from_architecture(cfg)
+    cfg = compose_run([*overrides, *NOTHING_WRITTEN])
+    random_parts = from_architecture(cfg)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cpu":
         needed, available = parameter_bytes(cfg, dtype), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

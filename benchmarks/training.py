@@ -24,8 +24,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.memory import from_architecture, meta_batch
-from benchmarks.real_scale import CPU_SHAPE, build, peak_gb, random_batch, sync
+from benchmarks.memory import meta_batch
+from benchmarks.real_scale import CPU_SHAPE, NOTHING_WRITTEN, build, from_architecture, peak_gb, random_batch, sync
 from benchmarks.train_step import compose_run
 from metrics.evaluation import resolve_device
 
@@ -58,8 +58,8 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
 
 def model_flops(overrides: list[str], batch: int, frames: int, height: int, width: int) -> int:
     """FLOPs of one loss forward and backward without recomputation, counted on the meta device (encoding excluded)."""
-    cfg = compose_run([*overrides, "method.latent_cache=null", "method.metrics=null", "backbone.gradient_checkpointing=false"])
-    from_architecture(cfg)
+    cfg = compose_run([*overrides, *NOTHING_WRITTEN, "backbone.gradient_checkpointing=false"])
+    from_architecture(cfg, only_missing=False)
     with torch.device("meta"):
         system = instantiate(cfg.method)
     system = system.to(device="meta", dtype=torch.bfloat16).eval()
