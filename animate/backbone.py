@@ -544,7 +544,8 @@ def load_backbone(
       config loads Wan2.2-Animate), ``config`` (diffusers config dir, needed for the original layout),
       ``kind`` (``wan`` or ``animate``) and ``architecture`` (its kwargs, used when ``path`` is null), ``in_channels`` (widen the patch embedding, e.g. T2V 16 -> I2V-style 36).
     vae: ``path`` and ``config`` likewise (``asset:tiny_wan_vae`` is the shipped tiny VAE), or an
-      ``architecture`` (AutoencoderKLWan's kwargs) when ``path`` is null.
+      ``architecture`` (AutoencoderKLWan's kwargs) when ``path`` is null; ``tiling``: true (or diffusers'
+      ``enable_tiling`` sizes) encodes and decodes in overlapping spatial tiles, bounding their memory.
     text: ``encoder`` (local UMT5 dir or null), ``length``, ``cache_dir``, ``prompt``, ``seed``.
     prediction: what the network outputs, ``velocity`` (Wan) or ``sample`` (x0); a property of the
       weights, so it must match how they were trained.
@@ -578,6 +579,8 @@ def load_backbone(
         autoencoder = VideoAutoencoder(load_vae(resolve_path(vae["path"]), config=vae.get("config"))).eval()
     elif vae and vae.get("architecture"):
         autoencoder = VideoAutoencoder(wan.new_vae(**vae["architecture"])).eval()
+    if autoencoder is not None and vae.get("tiling"):
+        autoencoder.vae.enable_tiling(**dict(vae["tiling"]) if isinstance(vae["tiling"], dict) else {})  # diffusers' overlapping spatial tiles
     clip = reference_image_encoder(model, dict(image_encoder or {}))
     text = dict(encoder=None, length=512, cache_dir=None, prompt="", seed=0) | dict(text or {})
     embedding = empty_prompt_embedding(

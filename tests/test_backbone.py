@@ -266,3 +266,16 @@ def test_the_attention_backend_is_a_config_key_with_the_fastest_kernel_as_auto()
         from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
         _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)  # diffusers keeps the choice process-wide
+
+
+def test_vae_tiling_is_a_config_key_that_reaches_diffusers():
+    from animate.backbone import load_backbone
+
+    arch = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+                text_dim=16, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=64)
+    vae = dict(path=None, architecture=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]))
+    assert not load_backbone(dict(path=None, architecture=arch), vae).vae.vae.use_tiling
+    tiled = load_backbone(dict(path=None, architecture=arch), vae | {"tiling": {"tile_sample_min_height": 32, "tile_sample_min_width": 32,
+                                                                              "tile_sample_stride_height": 16, "tile_sample_stride_width": 16}}).vae
+    assert tiled.vae.use_tiling and tiled.vae.tile_sample_min_width == 32
+    assert tiled.decode(torch.zeros(1, 16, 2, 8, 8)).shape == (1, 3, 5, 64, 64)  # 64 px in 32 px tiles
