@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies.ddp import DDPStrategy
 from torch import nn
 
 
@@ -127,3 +128,28 @@ class BlockOffloadStrategy(SingleDeviceStrategy):
             for tensor in blocks.parameters():
                 tensor.data = tensor.data.pin_memory()  # asynchronous copies
         backbone.offload_blocks = True
+
+
+class AnyDeviceDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy``, also on CPU (``DS_ACCELERATOR=cpu``, gloo): Lightning refuses any accelerator but
+    CUDA. The CPU smoke run of the ZeRO configuration (conf/trainer/deepspeed_cpu.yaml); on GPUs it is Lightning's class unchanged."""
+
+    def setup_environment(self) -> None:
+        if self.root_device.type == "cuda":
+            return super().setup_environment()
+        DDPStrategy.setup_environment(self)  # the process group, without the CUDA check
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type == "cuda":
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()  # as Lightning's, without its check of CUDA device indices
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @property
+    def root_device(self) -> torch.device:
+        """On CPU the local rank as the device index, which ``deepspeed.initialize`` reads as its device rank (torch ignores it)."""
+        device = super().root_device
+        return torch.device("cpu", self.local_rank) if device.type == "cpu" else device

@@ -33,12 +33,24 @@ MODELS = ("trained", "untrained", "base", "repeat_reference")
 KINDS = ("video", "image", "long")
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint file, or a DeepSpeed checkpoint directory (trainer=deepspeed) read as one: its model states' ``module`` as ``state_dict``."""
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds the run config
+    tag = (path / "latest").read_text().strip() if (path / "latest").is_file() else "checkpoint"
+    states = path / tag / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise UsageError(f"ckpt={path}: a directory without a DeepSpeed checkpoint ({states} is missing)")
+    checkpoint = torch.load(states, map_location="cpu", weights_only=False)
+    return checkpoint | {"state_dict": checkpoint.pop("module")}
+
+
 def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
     """The trained system of a checkpoint, its run config, and the raw checkpoint."""
     path = Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"ckpt={ckpt_path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds the run config
+    checkpoint = read_checkpoint(path)
     if not checkpoint.get("run_config"):
         raise UsageError(f"ckpt={ckpt_path}: no run_config inside (not written by experiments.fit)")
     cfg = OmegaConf.create(checkpoint["run_config"])

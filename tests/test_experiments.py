@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def fit(args: list[str], timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m experiments.fit`` from the repository root."""
-    return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, **kwargs)
+def fit(args: list[str], timeout: int = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m experiments.fit`` from the repository root (``env``: variables added to the test environment)."""
+    return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV | (env or {}), capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
 
 
 def ckpt_step(path: Path) -> int:

@@ -160,9 +160,11 @@ def test_the_gpu_trainer_presets_state_their_strategy_and_precision():
         with initialize_config_dir(config_dir=CONF, version_base=None):
             trainers[name] = compose("frameprompt", overrides=[f"trainer={name}"]).trainer
     assert trainers["gpu"].precision == "bf16-mixed" and trainers["gpu_bf16"].precision == trainers["gpu_offload"].precision == "bf16-true"
-    assert trainers["gpu_offload"].strategy._target_ == "animate.parallel.BlockOffloadStrategy" and "broadcast_buffers" not in trainers["gpu_offload"].strategy
+    assert trainers["gpu_offload"].strategy._target_ == "animate.parallel.BlockOffloadStrategy"
     assert trainers["deepspeed"].strategy.stage == 2 and trainers["deepspeed"].strategy.exclude_frozen_parameters
+    for name in ("gpu_offload", "deepspeed", "fsdp"):  # no DDP keys merged into another strategy's arguments
+        assert "broadcast_buffers" not in trainers[name].strategy, name
     fsdp = trainers["fsdp"].strategy
-    assert fsdp._target_ == "lightning.pytorch.strategies.FSDPStrategy" and "broadcast_buffers" not in fsdp
+    assert fsdp._target_ == "lightning.pytorch.strategies.FSDPStrategy"
     policy = instantiate(fsdp.auto_wrap_policy)
     assert isinstance(policy, ModuleWrapPolicy) and {c.__name__ for c in policy._module_classes} == {"WanAttention", "FeedForward"}
