@@ -58,7 +58,8 @@ def test_animate_backbone_matches_diffusers_wan_animate_forward(image_dim):
     b, f, h, w = 2, 3, 8, 8  # a reference slot and 3 frames of 16 channels, the I2V-style y on 20 more
     noisy, y = torch.randn(b, 16, f + 1, h, w), torch.randn(b, 20, f + 1, h, w)
     pose, faces = torch.randn(b, 16, f, h, w), torch.rand(b, 3, 4 * (f - 1) + 1, 16, 16) * 2 - 1
-    text, image = torch.randn(b, 4, 16), None if image_dim is None else torch.randn(b, 3, image_dim)
+    # with image tokens the text has Wan's 512 tokens: diffusers' attention splits image from text by that count
+    text, image = torch.randn(b, 4 if image_dim is None else 512, 16), None if image_dim is None else torch.randn(b, 3, image_dim)
     t = torch.tensor([0.3, 0.8])
     with torch.no_grad():
         pose_tokens = model.pose_patch_embedding(pose).flatten(2).transpose(1, 2)  # (B, 3 * 16, D): every frame but the slot

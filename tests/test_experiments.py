@@ -323,12 +323,17 @@ def test_evaluate_scores_long_clips_at_horizons_with_drift_curves(workdir):
 
 def test_everanimate_at_real_scale_config_trains_on_a_tiny_wan_animate_checkpoint(workdir, smoke_overrides, tmp_path):
     from test_backbone import ANIMATE_ARCH
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from animate.backbone import build_transformer
     from animate.weights import save_diffusers
 
     torch.manual_seed(0)
-    save_diffusers(build_transformer("animate", **ANIMATE_ARCH), tmp_path / "Wan2.2-Animate" / "transformer")
+    root = tmp_path / "Wan2.2-Animate"  # the release's layout: transformer/, image_encoder/, image_processor/
+    save_diffusers(build_transformer("animate", **ANIMATE_ARCH, image_dim=8), root / "transformer")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                                     patch_size=16)).save_pretrained(root / "image_encoder")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "image_processor")
     run = tmp_path / "run"
     env_root = {"WAN_ROOT": str(tmp_path / "Wan2.2-Animate")}
     result = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=everanimate", "backbone=wan22_animate_14b", "backbone.text.encoder=null",
