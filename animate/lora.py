@@ -147,10 +147,11 @@ def lora_state_dict(
     if not found:
         raise ValueError(f"{type(transformer).__name__} has no LoRA layers (a full fine-tune): export the merged transformer instead")
     warn_left_out(trained_outside_lora(transformer) if left_out is None else left_out)
-    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    from animate.weights import kept_in_float32
+
     state: dict[str, torch.Tensor] = {}
     for adapter in found:
-        cast = dtype if dtype is not None and not keep.intersection(adapter.name.split(".")) else None
+        cast = dtype if dtype is not None and not kept_in_float32(transformer, adapter.name) else None
         prefix = DIFFUSERS_PREFIX + adapter.name if layout == "diffusers" else COMFYUI_PREFIX + original_module_name(adapter.name)
         state[f"{prefix}.lora_A.weight"] = adapter.down.to(dtype=cast, device="cpu", copy=True).contiguous()  # (r, in)
         state[f"{prefix}.lora_B.weight"] = adapter.up.to(dtype=cast, device="cpu", copy=True).contiguous()  # (out, r)

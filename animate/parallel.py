@@ -12,6 +12,7 @@ whole step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,12 @@ class ContextParallel:
             raise ValueError(f"context parallel over {self.size} processes needs the latent frames ({total}) to be a multiple of {self.size}")
         share = total // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
+
+
+def context_parallel_degree(cp: Mapping | None) -> int:
+    """Processes that share each sequence under ``cp`` (``ulysses`` x ``ring``; 1: none, or no setting)."""
+    cp = cp or {}
+    return int(cp.get("ulysses", 1)) * int(cp.get("ring", 1))
 
 
 def enable_context_parallel(backbone: nn.Module, ulysses_degree: int = 1, ring_degree: int = 1) -> ContextParallel:

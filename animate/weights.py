@@ -373,6 +373,11 @@ _VAE_QUANT = {"quant_conv": "conv1", "post_quant_conv": "conv2"}
 _MIDDLE_SLOTS = {"resnets": (0, 2), "attentions": (1,)}
 
 
+def kept_in_float32(model: nn.Module, name: str) -> bool:
+    """Whether the weight or module ``name`` belongs to a module the model class keeps in float32 (norms, time embedding)."""
+    return bool(set(getattr(model, "_keep_in_fp32_modules", None) or ()).intersection(name.split(".")))
+
+
 def _transformer_key_to_original(key: str) -> str:
     """One diffusers transformer key under its original Wan name."""
     for pattern, replacement in _TRANSFORMER_RENAMES:

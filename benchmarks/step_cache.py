@@ -18,8 +18,10 @@ import time
 
 import torch
 
+from animate.methods.base import to_unit
 from experiments.prediction import heldout_loader, load_run
 from metrics.pixel import frame_psnr, masked_frame_psnr
+from metrics.video import flatten_frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def frames01(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, T, H, W) in [-1, 1] -> (B * T, 3, H, W) in [0, 1]."""
-    return ((video.clamp(-1, 1) + 1) / 2).transpose(1, 2).flatten(0, 1)
+    return flatten_frames(to_unit(video))
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from torch import nn
 
 from animate.backbone import prediction_file
 from animate.lora import LORA_LAYOUTS, has_lora, lora_metadata, lora_state_dict, merged_state_dict
-from animate.weights import save_diffusers, save_original_layout
+from animate.weights import kept_in_float32, save_diffusers, save_original_layout
 from common.files import atomic_path, atomic_write_json
 from experiments.cli import UsageError, run
 from experiments.prediction import load_run
@@ -49,9 +49,8 @@ def plain_transformer(transformer: nn.Module) -> nn.Module:
 
 def cast_for_export(transformer: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Cast the weights to ``dtype``, except the modules the model class keeps in float32 (norms, time embedding)."""
-    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
     for name, tensor in transformer.state_dict(keep_vars=True).items():
-        if tensor.is_floating_point() and not keep.intersection(name.split(".")):
+        if tensor.is_floating_point() and not kept_in_float32(transformer, name):
             tensor.data = tensor.data.to(dtype)
     return transformer
 

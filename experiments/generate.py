@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from animate.parallel import context_parallel_degree
 from common.files import atomic_write_json
 from common.video import side_by_side, write_png
 from experiments.cli import UsageError, run
@@ -31,7 +32,6 @@ from experiments.custom_input import animate_custom
 from experiments.prediction import (
     MODELS,
     check_model,
-    context_parallel_degree,
     end_distributed,
     has_pretrained_base,
     heldout_loader,
@@ -79,7 +79,7 @@ def generate(cfg: DictConfig) -> dict | Path | None:
     if not models:
         raise UsageError(f"models={list(cfg.models)}: nothing to generate for this run")
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / (f"generate_{cfg.split}" + {"image": "_images", "long": "_long"}.get(cfg.kind, ""))
-    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size, cfg.kind, by_rank=context_parallel_degree(cfg) == 1)
+    loader = heldout_loader(run_cfg, cfg.split, cfg.num_clips, cfg.batch_size, cfg.kind, by_rank=context_parallel_degree(cfg.get("context_parallel")) == 1)
     for index, model in enumerate(models):
         trainer = predict_clips(cfg, trained, run_cfg, loader, out, model=model, write_targets=index == 0)
     if not end_distributed(trainer):

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from animate.callbacks import ClipWriter
 from animate.methods.base import AnimationSystem
 from animate.methods.text_to_video import TextToVideo
+from animate.parallel import context_parallel_degree
 from animate.rollout import RolloutConfig, rollout_config
 from experiments.cli import UsageError
 
@@ -112,11 +113,6 @@ def heldout_loader(run_cfg: DictConfig, split: str, num_clips: int, batch_size: 
     return DataLoader(HeldoutClips(datamodule, split, num_clips, kind, by_rank), batch_size=None)
 
 
-def context_parallel_degree(cfg: DictConfig) -> int:
-    """Processes that share each clip's sequence (``context_parallel.ulysses x ring``; 1: the clips are split between processes)."""
-    cp = cfg.get("context_parallel") or {}
-    return int(cp.get("ulysses", 1)) * int(cp.get("ring", 1))
-
 
 def check_model(model: str) -> None:
     """A one-line error for an unknown model name."""
@@ -140,6 +136,7 @@ def predict_clips(
     """
     check_model(model)
     system = build_system(run_cfg) if model == "untrained" else base_system(run_cfg) if model == "base" else trained
+    shared_clips = context_parallel_degree(cfg.get("context_parallel")) > 1  # every process works on every clip (context parallel)
     system.prediction = dict(
         steps=cfg.sampler.steps,
         shift=cfg.sampler.shift,
@@ -147,11 +144,11 @@ def predict_clips(
         seed=cfg.sampler.seed,
         cache_threshold=cfg.sampler.get("cache_threshold"),
         baseline="repeat_reference" if model == "repeat_reference" else None,
-        context_parallel=dict(cfg.context_parallel) if context_parallel_degree(cfg) > 1 else None,
+        context_parallel=dict(cfg.context_parallel) if shared_clips else None,
     )
     if getattr(loader.dataset, "kind", "video") == "long":
         system.prediction |= {"rollout": long_rollout(system, cfg), "store_dir": str(out / "chunks" / model)}
-    writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps, every_rank=context_parallel_degree(cfg) == 1)
+    writer = ClipWriter(out, name=model, targets=write_targets, grids=cfg.grids, fps=cfg.fps, every_rank=not shared_clips)
     trainer = instantiate(cfg.trainer, callbacks=[writer], logger=False)
     log.info("generating with the %s model into %s", model, out / model)
     trainer.predict(system, dataloaders=loader, return_predictions=False)

@@ -231,15 +231,6 @@ class AnimationSystem(L.LightningModule):
             seq.image_context = tokens if "reference" not in drop else keep_samples(tokens, drop["reference"])
         return seq
 
-    def reference_image_tokens(self, batch: dict) -> Tensor:
-        """The reference's CLIP tokens (B, S_img, image_dim), once per clip through the latent cache when configured."""
-        encoder = self.backbone.image_encoder
-        keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
-        if self.latent_cache.enabled and keys[0] is not None and IMAGE_TOKENS not in self.uncached_latents:
-            name = f"{IMAGE_TOKENS}:{encoder.fingerprint()}"
-            return self.latent_cache.get_or_encode(keys, name, lambda idx: batch["reference"][idx], encoder)
-        return encoder(batch["reference"])
-
     # ----- the flow pair: override both for another flow-matching objective --------------------
     def flow_pair(self, seq: LatentSequence, noise: Tensor, t: Tensor) -> FlowPair:
         """Rectified flow on the generated frames: x_t = (1 - t) x0 + t eps, target eps - x0."""
@@ -262,17 +253,18 @@ class AnimationSystem(L.LightningModule):
 
         With an image cross-attention in the backbone (I2V, Animate), also the reference's CLIP tokens as ``reference_image_tokens``.
         """
-        vae = self.backbone.vae
-        keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
-        out = {}
-        for name, pixels in inputs.items():
-            if self.latent_cache.enabled and keys[0] is not None and name not in self.uncached_latents:
-                out[name] = self.latent_cache.get_or_encode(keys, name, lambda idx, fn=pixels: fn(batch)[idx], vae.encode)
-            else:
-                out[name] = vae.encode(pixels(batch))
-        if self.backbone.image_encoder is not None and self.backbone.takes_image_tokens:
-            out[IMAGE_TOKENS] = self.reference_image_tokens(batch)
+        out = {name: self.encoded(batch, name, pixels, self.backbone.vae.encode) for name, pixels in inputs.items()}
+        encoder = self.backbone.image_encoder
+        if encoder is not None and self.backbone.takes_image_tokens:  # once per clip, cached under the encoder's own fingerprint
+            out[IMAGE_TOKENS] = self.encoded(batch, IMAGE_TOKENS, lambda batch: batch["reference"], encoder, f"{IMAGE_TOKENS}:{encoder.fingerprint()}")
         return out
+
+    def encoded(self, batch: dict, name: str, pixels: PixelFn, encoder: Callable[[Tensor], Tensor], cache_name: str | None = None) -> Tensor:
+        """``encoder(pixels(batch))``, through the latent cache (as ``cache_name``) when configured and ``name`` is cacheable."""
+        keys = batch.get("cache_key") or [None] * batch["reference"].shape[0]
+        if self.latent_cache.enabled and keys[0] is not None and name not in self.uncached_latents:
+            return self.latent_cache.get_or_encode(keys, cache_name or name, lambda idx: pixels(batch)[idx], encoder)
+        return encoder(pixels(batch))
 
     def target_latent_shape(self, batch: dict) -> tuple[int, int, int, int]:
         """(C, F, h, w) of the target clip's latents (from the driving poses' shape when there is no video, as at inference)."""
@@ -417,9 +409,9 @@ class AnimationSystem(L.LightningModule):
         cp = self.prediction.get("context_parallel")
         if not cp or self.backbone.context_parallel is not None:
             return
-        from animate.parallel import enable_context_parallel
+        from animate.parallel import context_parallel_degree, enable_context_parallel
 
-        degree = int(cp.get("ulysses", 1)) * int(cp.get("ring", 1))
+        degree = context_parallel_degree(cp)
         if degree != self.trainer.world_size:
             raise ValueError(f"context_parallel ulysses x ring = {degree} must equal the processes (trainer devices x nodes = {self.trainer.world_size})")
         if self.sampler["cache_threshold"] or self.prediction.get("cache_threshold"):
