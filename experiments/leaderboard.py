@@ -31,6 +31,7 @@ RUNS_ENV = "ANIMATE_RUNS"  # the notebooks read their runs folder from here (the
 WANDB_ENV = "ANIMATE_WANDB_PROJECT"  # or, online, a W&B project ("entity/project")
 MODELS = ("trained", "untrained", "base", "repeat_reference")  # the method, then the synthetic benchmark's baselines
 LOWER_IS_BETTER = ("lpips", "fid", "fvd", "vmae", "v_mae")
+MIN_SEEDS = 3  # a verdict needs at least this many seeds paired (issue 12); fewer give "not enough seeds"
 METHOD_NAMES = {"UniAnimate": "UniAnimate-DiT", "FramePrompt": "FramePrompt", "OneToAll": "One-to-All", "EverAnimate": "EverAnimate",
                 "TextToVideo": "text-to-video base"}
 
@@ -148,7 +149,7 @@ def select(runs: pd.DataFrame, where: Mapping[str, object]) -> pd.DataFrame:
     return runs[mask]
 
 
-def verdict(runs: pd.DataFrame, claim: Claim, confidence: float = 0.95) -> dict:
+def verdict(runs: pd.DataFrame, claim: Claim, confidence: float = 0.95, min_seeds: int = MIN_SEEDS) -> dict:
     """The claim's measured effect (better - worse, signed so that > 0 supports it) with its interval, paired by seed, and the verdict."""
     if claim.metric not in runs:
         return {"claim": claim.name, "metric": claim.metric, "effect": math.nan, "ci95": math.nan, "seeds": 0, "verdict": "not measured"}
@@ -157,8 +158,8 @@ def verdict(runs: pd.DataFrame, claim: Claim, confidence: float = 0.95) -> dict:
     worse = select(runs, claim.worse).groupby("seed")[claim.metric].mean()
     seeds = better.index.intersection(worse.index)
     effect, half, n = interval((sign * (better[seeds] - worse[seeds])).tolist(), confidence)
-    if n < 2 or math.isnan(half):
-        outcome = "not enough seeds"
+    if n < min_seeds or math.isnan(half):
+        outcome = f"not enough seeds ({n} of {min_seeds})"
     elif effect - half > 0:
         outcome = "reproduced"
     elif effect + half < 0:

@@ -83,6 +83,8 @@ def test_verdicts_pair_seeds_and_respect_the_metric_direction():
     assert lb.verdict(runs, lb.Claim("b beats a", "test/trained/psnr", {"v": "b"}, {"v": "a"}))["verdict"] == "refuted"
     assert lb.verdict(runs, lb.Claim("a has lower LPIPS", "test/trained/lpips", {"v": "a"}, {"v": "b"}))["effect"] == pytest.approx(0.1)
     assert lb.verdict(runs, lb.Claim("unmeasured", "test/trained/fvd", {"v": "a"}, {"v": "b"}))["verdict"] == "not measured"
+    two_seeds = lb.verdict(runs[runs["seed"] < 2], lb.Claim("a beats b", "test/trained/psnr", {"v": "a"}, {"v": "b"}))
+    assert (two_seeds["verdict"], two_seeds["seeds"]) == ("not enough seeds (2 of 3)", 2)  # a verdict needs 3 seeds paired
 
 
 def test_leaderboard_rows_hold_the_method_and_every_baseline(runs_root):
