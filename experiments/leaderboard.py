@@ -1,13 +1,14 @@
 """Leaderboards from sweep runs: the tables, intervals, verdicts and curves the notebooks show.
 
-Runs come from a folder (``runs/sweeps/NAME``, written by :mod:`experiments.sweep`) or, online,
-from a W&B project; either way one row per run with its method, variant, seed, parameters and
+Runs come from a folder (``runs/sweeps/NAME``, written by :mod:`experiments.sweep`), several
+folders joined by ``os.pathsep`` (a paper whose table spans two sweeps), or, online, from a W&B project; either way one row per run with its method, variant, seed, parameters and
 held-out scores (``test/<model>/<metric>``, ``test_long/trained/<metric>@<horizon>``). Every
 number shown is a mean over seeds with a 95% Student-t interval; a claim's verdict compares two
 entries seed by seed.
 
     python -m experiments.leaderboard notebooks/leaderboard.ipynb --runs runs/sweeps/leaderboard --out reports/leaderboard.html
         # executes the notebook on those runs and writes it as one self-contained HTML file
+    python -m experiments.leaderboard notebooks/onetoall_tables_3_5.ipynb --runs runs/sweeps/onetoall_table3 runs/sweeps/onetoall_tables_3_5
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from scipy import stats
 
 from common.files import atomic_write_text
 
-RUNS_ENV = "ANIMATE_RUNS"  # the notebooks read their runs folder from here (the export sets it)
+RUNS_ENV = "ANIMATE_RUNS"  # the notebooks read their runs folders from here, joined by os.pathsep (the export sets it)
 WANDB_ENV = "ANIMATE_WANDB_PROJECT"  # or, online, a W&B project ("entity/project")
 MODELS = ("trained", "untrained", "base", "repeat_reference")  # the method, then the synthetic benchmark's baselines
 LOWER_IS_BETTER = ("lpips", "fid", "fvd", "vmae", "v_mae")
@@ -42,12 +43,19 @@ def runs_source(default: str) -> str:
     return f"wandb:{project}" if project else os.environ.get(RUNS_ENV, default)
 
 
+def runs_folders(runs: str | Path | Sequence[str | Path]) -> str:
+    """One or several folders of runs as one ``$ANIMATE_RUNS`` value: absolute paths joined by ``os.pathsep``."""
+    folders = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    return os.pathsep.join(str(Path(folder).resolve()) for part in folders for folder in str(part).split(os.pathsep))
+
+
 def load_runs(source: str | Path) -> pd.DataFrame:
-    """One row per finished run of a folder of sweep runs (or ``wandb:ENTITY/PROJECT``): method, conf, variant, seed, parameters, scores."""
+    """One row per finished run below the folders of ``source`` (``os.pathsep``-joined) or of ``wandb:ENTITY/PROJECT``."""
     if str(source).startswith("wandb:"):
         return load_wandb_runs(str(source).removeprefix("wandb:"))
     rows = []
-    for result_file in sorted(Path(source).rglob("result.json")):
+    result_files = sorted(path for folder in str(source).split(os.pathsep) for path in Path(folder).rglob("result.json"))
+    for result_file in result_files:
         result = json.loads(result_file.read_text())
         run_dir = result_file.parent
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -194,8 +202,8 @@ def sample_grid(run_dir: str | Path, model: str = "trained") -> Path | None:
     return grids[0] if grids else None
 
 
-def export_html(notebook: str | Path, runs: str | Path, out: str | Path, timeout: int = 600) -> Path:
-    """Execute ``notebook`` on the runs in ``runs`` (headless) and write it as one self-contained HTML file."""
+def export_html(notebook: str | Path, runs: str | Path | Sequence[str | Path], out: str | Path, timeout: int = 600) -> Path:
+    """Execute ``notebook`` on the runs in ``runs`` (one folder or several, headless) and write it as one self-contained HTML file."""
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
@@ -205,7 +213,7 @@ def export_html(notebook: str | Path, runs: str | Path, out: str | Path, timeout
         raise FileNotFoundError(f"{notebook}: no such notebook")
     nb = nbformat.read(notebook, as_version=4)
     previous = os.environ.get(RUNS_ENV)
-    os.environ[RUNS_ENV] = str(Path(runs).resolve())
+    os.environ[RUNS_ENV] = runs_folders(runs)
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path.cwd())}}).execute()
     finally:
@@ -221,7 +229,8 @@ def export_html(notebook: str | Path, runs: str | Path, out: str | Path, timeout
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m experiments.leaderboard", description="Execute a leaderboard notebook on a folder of runs and export it as HTML.")
     parser.add_argument("notebook", help="notebooks/leaderboard.ipynb or a paper's notebook")
-    parser.add_argument("--runs", required=True, help="a folder of sweep runs, e.g. runs/sweeps/leaderboard")
+    parser.add_argument("--runs", required=True, nargs="+",
+                        help="a folder of sweep runs, e.g. runs/sweeps/leaderboard (several for a table that spans sweeps)")
     parser.add_argument("--out", default=None, help="the HTML file (default: reports/NOTEBOOK.html)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path("reports") / f"{Path(args.notebook).stem}.html"
