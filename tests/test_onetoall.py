@@ -10,6 +10,7 @@ from animate.flow import guided_velocity
 from animate.methods.base import LatentSequence
 from animate.methods.onetoall import OneToAll, in_group
 from animate.modules.hrfa import HybridReferenceAttnProcessor, frame0_rope
+from animate.modules.pose_control import DrivingPoseControl
 from animate.modules.reference_extractor import feature_of_block
 from animate.rollout import roll_out, rollout_config
 from common.pose.augment import HEAD_POINTS, enhance_face, outpainting_mask
@@ -253,6 +254,22 @@ def test_train_step_reaches_every_new_module():
                  "pose_control.attention.block.attn1.to_q.weight"):
         grad = dict(system.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_table3_base_rows_add_the_driving_poses_to_the_noisy_tokens():
+    system = onetoall(pose_control=dict(style="driving", channels=4, blocks_per_stage=1))
+    assert isinstance(system.pose_control, DrivingPoseControl) and not hasattr(system.pose_control, "attention")
+    torch.nn.init.normal_(system.pose_control.proj_out.weight, std=0.1)
+    batch = fake_batch()
+    seq = full_sequence(system, batch)
+    tokens_per_frame = seq.clean.shape[-2] * seq.clean.shape[-1] // 4  # 2 x 2 patches
+    injected = seq.injections[-1]  # before block 0: the noisy latent's tokens
+    assert list(seq.injections) == [-1] and injected.shape[1] == seq.clean.shape[2] * tokens_per_frame
+    assert injected[:, : seq.prefix_frames * tokens_per_frame].abs().sum() == 0 and injected.abs().sum() > 0  # the frame in front gets none
+    other = full_sequence(system, batch | {"pose": batch["pose"].flip(-1)})
+    assert not torch.allclose(other.injections[-1], injected)  # the driving poses, and so face enhancement, reach the model
+    system.loss(fake_batch()).backward()
+    assert system.pose_control.encoder.layers[0].weight.grad.abs().sum() > 0
 
 
 def test_latent_sequence_cat_joins_the_reference_states():

@@ -44,9 +44,10 @@ def _select(cfg, key: str):
 
 
 def test_variants_change_what_their_paper_row_says():
-    base, variant = compose_config("onetoall"), compose_config("onetoall", ["variant=onetoall_base_extractor"])
-    assert (base.data.face_enhancement, base.method.pose_control.enabled) == (0.7, True)
-    assert (variant.data.face_enhancement, variant.method.pose_control.enabled) == (0.0, False)
+    rows = {name: compose_config("onetoall", [f"variant={name}"]) for name in ("none", "onetoall_base_extractor", "onetoall_face_enhancement")}
+    said = {name: (cfg.data.face_enhancement, cfg.method.pose_control.enabled, cfg.method.pose_control.style) for name, cfg in rows.items()}
+    assert said == {"none": (0.7, True, "paper"), "onetoall_base_extractor": (0.0, True, "driving"),  # Table 3: every row is driven by
+                    "onetoall_face_enhancement": (0.7, True, "driving")}                                # the poses, the base rows without the reference
     k1 = compose_config("everanimate", ["variant=everanimate_identity_views_1"])
     assert (k1.method.identity_views, k1.data.reference_views) == (1, 0)
 

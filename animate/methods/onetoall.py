@@ -14,7 +14,8 @@ Where each idea lives:
   (``data.face_enhancement``, :func:`common.pose.augment.enhance_face`, drawn lightened;
   ``data.lightened_poses`` is the inference switch); reference-guided pose control in
   :mod:`animate.modules.pose_control`, added after block 0, with the reference latent in front
-  of the video latents along time (``reference_prefix``).
+  of the video latents along time (``reference_prefix``). Table 3's rows without it keep a pose
+  path (``pose_control.style=driving``: the driving poses alone, added to the noisy tokens).
 - Token replace: training keeps the first ``context_latents`` target latent frames clean (t = 0)
   and out of the loss with probability ``token_replace.probability``; long videos are generated
   segment by segment (:mod:`animate.rollout`, strategy ``token_replace``), each segment's first latent frames the
@@ -40,13 +41,13 @@ from torch import Tensor
 from animate.backbone import WanBackbone
 from animate.methods.base import IMAGE_TOKENS, AnimationSystem, LatentSequence, PixelFn, keep_samples, video_pixels
 from animate.modules.hrfa import install_hrfa
-from animate.modules.pose_control import ControlNetPoseBranch, ReferenceGuidedPoseControl
+from animate.modules.pose_control import ControlNetPoseBranch, DrivingPoseControl, ReferenceGuidedPoseControl
 from animate.modules.reference_extractor import ReferenceExtractor, ReferencePrefixEncoder
 from common.pose.augment import outpainting_mask
 
 REFERENCE_PREFIXES = ("latent", "encoded", "none")  # Eq. 11's reference latent | the official code's learned encoding | no prefix
 PREFIX_TIMES = ("clean", "noisy")  # the prefix frame's modulation: t = 0 (a clean frame) | the denoising t (official code)
-POSE_STYLES = ("paper", "controlnet")
+POSE_STYLES = ("paper", "controlnet", "driving")  # reference-guided (Sec. 3.3) | the official code's | driving poses alone, added to the noisy tokens (Table 3's base rows)
 
 
 @dataclass
@@ -135,6 +136,8 @@ class OneToAll(AnimationSystem):
         control = None
         if pose_cfg["enabled"] and pose_cfg["style"] == "paper":
             control = ReferenceGuidedPoseControl(backbone, pose_cfg["channels"], pose_cfg["blocks_per_stage"], pose_cfg["groups"])
+        elif pose_cfg["enabled"] and pose_cfg["style"] == "driving":
+            control = DrivingPoseControl(backbone, pose_cfg["channels"], pose_cfg["blocks_per_stage"], pose_cfg["groups"])
         elif pose_cfg["enabled"]:
             control = ControlNetPoseBranch(backbone, pose_cfg["blocks"], pose_cfg["channels"], pose_cfg["groups"])
         if extractor is not None:  # without it the reference enters only as the frame in front (the I2V backbone's first-frame prior)
@@ -233,7 +236,11 @@ class OneToAll(AnimationSystem):
         if self.pose_control is not None:
             reference_pose = batch["reference_pose"] if n_ref else None
             pose_kept = (~drop["pose"]).to(reference.dtype)
-            if isinstance(self.pose_control, ControlNetPoseBranch):
+            if isinstance(self.pose_control, DrivingPoseControl):  # the driving frames' tokens only; the frames in front get none
+                tokens = self.pose_control(batch["pose"])  # (B, F h w, D)
+                tokens = torch.cat([tokens.new_zeros(b, n_ref * grid_h * grid_w, tokens.shape[-1]), tokens], dim=1)
+                injections[-1] = keep_samples(tokens, drop["pose"])  # added to the noisy latent's tokens before block 0
+            elif isinstance(self.pose_control, ControlNetPoseBranch):
                 pose_tokens, pose_scale = self.pose_control.tokens(reference_pose, batch["pose"]), pose_kept  # scale 0: no control at all
             else:
                 tokens = self.pose_control(reference_pose, batch["pose"], self.backbone.rotary(frame_ids, grid_h, grid_w))

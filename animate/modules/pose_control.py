@@ -94,6 +94,23 @@ class ReferenceGuidedPoseControl(nn.Module):
         return self.proj_out(self.attention(tokens, rotary_emb))
 
 
+class DrivingPoseControl(nn.Module):
+    """Driving poses (B, 3, T, H, W) -> tokens (B, F h w, D) added to the noisy latent's tokens before block 0.
+
+    Table 3's rows without reference-guided pose control: "the driving pose is still directly added
+    to the noisy latent" (Sec. 4.4), the same Pose ResNet with no reference pose and no attention.
+    """
+
+    def __init__(self, backbone: WanBackbone, channels: int = 16, blocks_per_stage: int | Sequence[int] = 2, groups: int = 4):
+        super().__init__()
+        self.encoder = PoseResNet(backbone.dim, channels, blocks_per_stage, groups, backbone.compression)
+        self.proj_out = zero_linear(backbone.dim)
+
+    def forward(self, pose: Tensor) -> Tensor:
+        features = self.encoder(pose)  # (B, D, F, h, w)
+        return self.proj_out(features.flatten(2).transpose(1, 2))  # (B, F h w, D)
+
+
 # ----- the official code's pose path: a causal 3D conv encoder and ControlNet-style blocks ------------------------
 CAUSAL_STRIDES = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2))  # the official encoder's 4 downsamplers: (4, 16, 16)
 
