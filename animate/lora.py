@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 WAN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
 
+def block_targets(targets: Sequence[str]) -> str:
+    """peft's ``target_modules`` as a regex: layers named ``targets`` inside the DiT blocks (``blocks.N.``) only.
+
+    The official LoRAs cover the DiT blocks alone; a plain suffix list would also wrap same-named layers
+    elsewhere, such as Wan2.2-Animate's ``face_adapter`` projections or a method's own modules.
+    """
+    names = "|".join(re.escape(target) for target in targets)
+    return rf"blocks\.\d+\.(?:.*\.)?(?:{names})"
+
+
 def add_lora(
     transformer: nn.Module,
     rank: int,
@@ -41,7 +51,7 @@ def add_lora(
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else rank,
-        target_modules=list(targets),
+        target_modules=block_targets(targets),
         lora_dropout=dropout,
         init_lora_weights=init,
     )

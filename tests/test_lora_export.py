@@ -117,6 +117,16 @@ def test_layers_without_an_original_wan_name_refuse_the_comfyui_layout(base):
         lora_state_dict(base, "diffusers")
 
 
+def test_lora_wraps_the_dit_blocks_only_as_the_official_loras_do():
+    from tiny_systems import everanimate_on_animate
+
+    system = everanimate_on_animate(lora=dict(rank=2))
+    wrapped = {name.split(".lora_A")[0] for name, _ in system.backbone.transformer.named_parameters() if ".lora_A." in name}
+    assert wrapped and all(name.startswith("blocks.") for name in wrapped)
+    assert any(name.startswith("face_adapter.") for name, _ in system.backbone.transformer.named_modules())  # there, and left alone
+    assert "blocks.0.attn1.to_q" in wrapped and "blocks.1.ffn.net.2" in wrapped
+
+
 # ----- the command line ----------------------------------------------------------------------------------------------
 def write_run(directory, rank: int):
     """A FramePrompt checkpoint on the shipped tiny base as experiments.fit writes it (trainable weights + run config), LoRA of ``rank``."""

@@ -1,6 +1,8 @@
 """One-to-All Animation: the Reference Extractor's block map, HRFA's RoPE at frame 0, zero-initialised identity with the
 base, cumulative CFG in one batched forward, token replace, outpainting masks, face enhancement and the training stages."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,8 @@ from common.pose.augment import HEAD_POINTS, enhance_face, outpainting_mask
 from experiments.training import load_initial_weights
 
 from tiny_systems import ADAMW, ARCH, fake_batch, onetoall, tiny_backbone, tiny_vae
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def full_sequence(system, batch, training=True):
@@ -368,3 +372,101 @@ def test_without_the_reference_extractor_the_reference_is_the_frame_in_front_alo
     assert seq.prefix_frames == 1 and "reference_states" not in seq.attention_kwargs  # the reference: the frame in front, only
     with pytest.raises(ValueError, match="no path for the reference"):
         onetoall(reference_extractor=False, reference_prefix="none")
+
+
+def test_the_reference_pose_is_the_pose_of_the_masked_reference():
+    system = onetoall(outpainting=dict(probability=1.0))
+    batch = fake_batch()
+    batch["reference_pose"] = torch.rand(2, 3, 32, 32) * 2 - 1
+    prepared = system.prepare_batch(dict(batch), augment=True)
+    mask = prepared["reference_mask"].expand(-1, 3, -1, -1) > 0.5  # (B, 3, H, W)
+    assert mask[0].any()
+    assert torch.all(prepared["reference_pose"][mask] == -1)  # nothing drawn where the reference is masked ...
+    assert torch.equal(prepared["reference_pose"][~mask], batch["reference_pose"][~mask])  # ... the rest as it was
+    given = torch.zeros(2, 1, 32, 32)
+    given[:, :, :, 16:] = 1  # an inference pad mask masks the pose as well
+    padded = system.prepare_batch(dict(batch) | {"reference_mask": given}, augment=False)["reference_pose"]
+    assert torch.all(padded[..., 16:] == -1) and torch.equal(padded[..., :16], batch["reference_pose"][..., :16])
+
+
+def test_condition_dropout_realises_the_official_share_of_each_cfg_level():
+    from test_guidance import level_of
+
+    system = onetoall(condition_dropout=dict(both=0.1, reference=0.1, pose=0.3))
+    torch.manual_seed(0)
+    n = 200_000
+    drops = system.sample_drops(n)
+    levels = level_of(system, drops)
+    reference_only = (drops["pose"] & ~drops["reference"]).float().mean().item()  # trained, though not a CFG level of Eq. 16
+    shares = [(levels == level).float().mean().item() for level in range(3)]
+    expected = [0.1, 0.1, 0.8 * 0.7]  # nothing; the pose alone; pose + reference
+    for share, want in zip([*shares, reference_only], [*expected, 0.8 * 0.3]):
+        assert abs(share - want) < 4 * (want * (1 - want) / n) ** 0.5, (shares, reference_only)
+    with pytest.raises(ValueError, match="condition_dropout"):
+        onetoall(condition_dropout=dict(pose=0.1, reference=0.1, text=0.1))
+
+
+def test_the_constructors_defaults_are_the_configs():
+    from omegaconf import OmegaConf
+
+    from animate.methods import onetoall as module
+
+    method = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "method" / "onetoall.yaml"))["method"]
+    for key, defaults in [("pose_control", module.POSE_CONTROL_DEFAULTS), ("outpainting", module.OUTPAINTING_DEFAULTS),
+                          ("token_replace", module.TOKEN_REPLACE_DEFAULTS), ("reference_noise", module.REFERENCE_NOISE_DEFAULTS),
+                          ("condition_dropout", module.CONDITION_DROPOUT_DEFAULTS)]:
+        assert method[key] == defaults, key
+    system = OneToAll(tiny_backbone(16), ADAMW, extractor_blocks=1)  # every other argument at its default
+    assert system.outpainting == method["outpainting"] and system.token_replace == method["token_replace"]
+    assert system.condition_dropout == method["condition_dropout"] and system.reference_noise == method["reference_noise"]
+    assert system.pose_control.encoder.layers[0].out_channels == method["pose_control"]["channels"]
+    assert list(method["trainable"]) == list(module.TRAINABLE_GROUPS)
+
+
+def test_official_stage_groups_train_the_attention_output_then_the_patch_embedding():
+    stage1 = onetoall(trainable=["reference_extractor", "reference_kv", "attention_output"], pose_control=dict(enabled=False), reference_prefix="none")
+    trainable = {name for name, p in stage1.named_parameters() if p.requires_grad}
+    assert "backbone.transformer.blocks.0.attn1.to_out.0.weight" in trainable
+    assert not {"backbone.transformer.blocks.0.attn1.to_q.weight", "backbone.transformer.patch_embedding.weight"} & trainable
+    stage2 = onetoall(trainable=["reference_extractor", "reference_kv", "pose_control", "self_attention", "patch_embedding"])
+    trainable = {name for name, p in stage2.named_parameters() if p.requires_grad}
+    assert {"backbone.transformer.patch_embedding.weight", "backbone.transformer.blocks.0.attn1.to_q.weight"} <= trainable
+    assert "backbone.transformer.blocks.0.ffn.net.0.proj.weight" not in trainable
+
+
+def staged(conf: str, *overrides: str):
+    """A One-to-All stage's composed config (the real ones on Wan2.1-T2V-1.3B, weights not loaded)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose(conf, overrides=list(overrides))
+
+
+def test_the_stages_follow_the_official_recipe():
+    stage1, stage2, stage3 = (staged(f"onetoall_stage{i}").method for i in (1, 2, 3))
+    assert stage1.reference_prefix == "none" and not stage1.pose_control.enabled  # Eq. 11's prefix arrives with pose control
+    assert stage2.reference_prefix == stage3.reference_prefix == "latent"
+    assert list(stage1.trainable) == ["reference_extractor", "reference_kv", "attention_output"]
+    assert "patch_embedding" in stage2.trainable and "patch_embedding" in stage3.trainable
+    assert (stage2.condition_dropout.pose, stage3.condition_dropout.pose, stage3.outpainting.probability) == (0.2, 0.3, 0.3)
+    real1, real3 = staged("real/onetoall_stage1", "data.root=/data"), staged("real/onetoall_stage3", "data.root=/data")
+    assert real1.data.resolutions == {512: 1.0, 768: 0.0} and real3.data.resolutions == {512: 0.2, 768: 0.8}
+    assert (real3.data.w_roi, real3.data.face_enhancement, real3.method.outpainting.probability) == (1.0, 0.5, 0.3)
+    for cfg in (real1, real3):
+        assert cfg.method.scheduler.lr_lambda.warmup_steps == 5000 and cfg.method.reference_noise.probability == 0.5
+        assert (cfg.method.time_sampling.mode, cfg.method.time_sampling.mean, cfg.method.time_sampling.std, cfg.method.time_sampling.shift) == ("logit_normal", 0.0, 1.0, 1.0)
+
+
+def test_reference_noise_perturbs_the_kept_area_of_the_drawn_share():
+    system = onetoall(outpainting=dict(probability=0.0), reference_noise=dict(probability=0.5))
+    torch.manual_seed(0)
+    batch = fake_batch(b=64)
+    batch["reference_mask"] = torch.zeros(64, 1, 32, 32)
+    batch["reference_mask"][..., :8] = 1
+    noised = system.prepare_batch(dict(batch), augment=True)["reference"]
+    changed = (noised != batch["reference"]).flatten(1).any(1)  # (B,)
+    assert 16 < changed.sum() < 48  # about half the samples
+    assert torch.equal(noised[..., :8], batch["reference"][..., :8])  # the masked area stays as it was
+    std = (noised - batch["reference"])[changed][..., 8:].std().item()
+    assert 0.9 < std < 1.2  # the official std: exp(exp(N(-3, 0.5))) ~ 1.05
+    assert torch.equal(system.prepare_batch(dict(batch), augment=False)["reference"], batch["reference"])  # never at inference

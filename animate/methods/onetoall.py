@@ -61,7 +61,14 @@ class OneToAllSequence(LatentSequence):
     prefix_frames: int = 0  # frames in front of the target (the reference prefix)
 
 
-TRAINABLE_GROUPS = ("reference_extractor", "reference_kv", "pose_control", "self_attention", "backbone")
+TRAINABLE_GROUPS = ("reference_extractor", "reference_kv", "attention_output", "pose_control", "self_attention", "patch_embedding", "backbone")
+
+# The constructor's defaults are conf/method/onetoall.yaml's (tests/test_onetoall.py compares them): the config is their one source.
+POSE_CONTROL_DEFAULTS = dict(enabled=True, style="paper", blocks=2, channels=8, blocks_per_stage=[0, 1, 1, 1], groups=4)
+OUTPAINTING_DEFAULTS = dict(probability=0.5, height_range=[2.0, 8.0], width_range=[2.0, 6.0], threshold=0.3)
+TOKEN_REPLACE_DEFAULTS = dict(probability=0.2, context_latents=2, segment_frames=17)
+REFERENCE_NOISE_DEFAULTS = dict(probability=0.0, log_sigma_mean=-3.0, log_sigma_std=0.5)
+CONDITION_DROPOUT_DEFAULTS = dict(both=0.1, reference=0.1, pose=0.2)
 
 
 def in_group(name: str, group: str) -> bool:
@@ -71,10 +78,39 @@ def in_group(name: str, group: str) -> bool:
     return {
         "reference_extractor": name.startswith(("reference_extractor.", "reference_prefix_encoder.")),
         "reference_kv": in_transformer and hrfa,
+        "attention_output": in_transformer and ".attn1.to_out." in name,  # W_o, which HRFA's two outputs share (official stage 1 trains it)
         "pose_control": name.startswith("pose_control."),
         "self_attention": in_transformer and ".attn1." in name and not hrfa,  # W_q, W_k, W_v, W_o and norms: the rest of HRFA
+        "patch_embedding": name.startswith("backbone.transformer.patch_embedding."),  # official stages 2-3 train it
         "backbone": in_transformer,
     }[group]
+
+
+def official_condition_drops(batch_size: int, both: float, reference: float, pose: float, device=None) -> dict[str, Tensor]:
+    """The official code's dropout: one draw drops pose and reference together (``both``) or the reference alone; the pose alone then drops at ``pose``.
+
+    Realised shares: no conditions ``both``; pose only ``reference``; reference only ``(1 - both - reference) pose``; both kept the rest.
+    """
+    u = torch.rand(batch_size, device=device)  # (B,)
+    drop_both = u < both
+    drop_reference = (u >= both) & (u < both + reference)
+    drop_pose = ~drop_both & ~drop_reference & (torch.rand(batch_size, device=device) < pose)
+    return {"pose": drop_both | drop_pose, "reference": drop_both | drop_reference}
+
+
+def mask_reference_pose(reference_pose: Tensor, mask: Tensor) -> Tensor:
+    """The pose of the masked reference (Sec. 3.3): the masked area (mask 1) drawn empty, black in [-1, 1]; (B, 3, H, W)."""
+    return torch.where(mask > 0.5, torch.full_like(reference_pose, -1.0), reference_pose)
+
+
+def official_reference_noise(reference: Tensor, mask: Tensor, log_sigma_mean: float, log_sigma_std: float) -> Tensor:
+    """The official code's reference noise: Gaussian noise of std exp(exp(N(mean, std))) per sample on the kept area; (B, 3, H, W).
+
+    The official ``GaussianNoiseAdder`` applies ``exp`` twice, so at (-3, 0.5) the std is about 1.05 on [-1, 1] pixels.
+    """
+    log_sigma = torch.normal(log_sigma_mean, log_sigma_std, size=(reference.shape[0],), device=reference.device)
+    sigma = torch.exp(torch.exp(log_sigma).clamp(min=1e-6)).to(reference.dtype)
+    return reference + torch.randn_like(reference) * sigma[:, None, None, None] * (mask < 0.5)
 
 
 def masked_reference_pixels(batch: dict) -> Tensor:
@@ -107,7 +143,8 @@ class OneToAll(AnimationSystem):
         pose_control: dict | None = None,
         outpainting: dict | None = None,
         token_replace: dict | None = None,
-        trainable: Sequence[str] = TRAINABLE_GROUPS[:4],
+        reference_noise: dict | None = None,
+        trainable: Sequence[str] = TRAINABLE_GROUPS,
         official_checkpoint: str | None = None,
         **kwargs,
     ):
@@ -123,7 +160,7 @@ class OneToAll(AnimationSystem):
             reference_prefix = "latent" if reference_prefix else "none"
         if reference_prefix not in REFERENCE_PREFIXES or prefix_time not in PREFIX_TIMES:
             raise ValueError(f"method.reference_prefix={reference_prefix!r} / prefix_time={prefix_time!r}: use one of {REFERENCE_PREFIXES} / {PREFIX_TIMES}")
-        pose_cfg = dict(enabled=True, style="paper", channels=16, blocks_per_stage=2, groups=4, blocks=2) | dict(pose_control or {})
+        pose_cfg = POSE_CONTROL_DEFAULTS | dict(pose_control or {})
         if pose_cfg["style"] not in POSE_STYLES:
             raise ValueError(f"method.pose_control.style={pose_cfg['style']!r}: use one of {', '.join(POSE_STYLES)}")
         if not reference_extractor and reference_prefix == "none":
@@ -142,15 +179,21 @@ class OneToAll(AnimationSystem):
             control = ControlNetPoseBranch(backbone, pose_cfg["blocks"], pose_cfg["channels"], pose_cfg["groups"])
         if extractor is not None:  # without it the reference enters only as the frame in front (the I2V backbone's first-frame prior)
             install_hrfa(backbone.transformer, extractor.feature_of_block, query_rope)
+        dropout = CONDITION_DROPOUT_DEFAULTS | dict(kwargs.pop("condition_dropout", None) or {})
+        if set(dropout) != set(CONDITION_DROPOUT_DEFAULTS) or dropout["both"] + dropout["reference"] > 1:
+            raise ValueError(f"method.condition_dropout={dropout}: One-to-All takes both, reference and pose (one draw drops both or the reference alone, "
+                             "both + reference <= 1; then the pose alone drops at pose)")
         super().__init__(backbone, optimizer, **kwargs)
+        self.condition_dropout = dropout
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         self.reference_extractor = extractor
         self.reference_prefix_encoder = prefix_encoder
         self.pose_control = control
         self.reference_prefix = reference_prefix
         self.prefix_time = prefix_time
-        self.outpainting = dict(probability=1.0, height_range=(2.0, 8.0), width_range=(2.0, 6.0), threshold=0.3) | dict(outpainting or {})
-        self.token_replace = dict(probability=0.2, context_latents=2, segment_frames=81) | dict(token_replace or {})  # official: 81-frame chunks
+        self.outpainting = OUTPAINTING_DEFAULTS | dict(outpainting or {})
+        self.token_replace = TOKEN_REPLACE_DEFAULTS | dict(token_replace or {})
+        self.reference_noise = REFERENCE_NOISE_DEFAULTS | dict(reference_noise or {})
         self.outpainting_without_face = 0  # training references whose face was not found: used whole (documented fallback)
         self.set_trainable(trainable, lora_active=bool(lora.get("rank")))
         if official_checkpoint:
@@ -160,6 +203,10 @@ class OneToAll(AnimationSystem):
 
             load_one_to_all_checkpoint(self, official_checkpoint)
 
+    def sample_drops(self, batch_size: int) -> dict[str, Tensor]:
+        """Training-time condition dropout, the official code's single draw (:func:`official_condition_drops`)."""
+        return official_condition_drops(batch_size, **self.condition_dropout, device=self.device)
+
     def set_trainable(self, groups: Sequence[str], lora_active: bool) -> None:
         """Train the parameters of ``groups`` (and LoRA adapters); freeze the rest."""
         for name, parameter in self.named_parameters():
@@ -168,9 +215,20 @@ class OneToAll(AnimationSystem):
 
     # ----- inputs ------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, augment: bool) -> dict:
-        """Add ``reference_mask`` (B, 1, H, W), 1 = masked: face-centred random masking when augmenting, else none (unless given)."""
-        if "reference_mask" in batch:
-            return batch
+        """Add ``reference_mask`` (B, 1, H, W), 1 = masked (face-centred random masking when augmenting, else none unless given);
+        mask the reference pose with it; when augmenting, add the official reference noise to ``reference_noise.probability`` of samples."""
+        mask = batch["reference_mask"] if "reference_mask" in batch else self.outpainting_masks(batch, augment)
+        batch = batch | {"reference_mask": mask}
+        if "reference_pose" in batch:
+            batch["reference_pose"] = mask_reference_pose(batch["reference_pose"], mask)
+        if augment and self.reference_noise["probability"] > 0:
+            noisy = torch.rand(mask.shape[0], device=mask.device) < self.reference_noise["probability"]  # (B,)
+            noised = official_reference_noise(batch["reference"], mask, self.reference_noise["log_sigma_mean"], self.reference_noise["log_sigma_std"])
+            batch["reference"] = torch.where(noisy[:, None, None, None], noised, batch["reference"])
+        return batch
+
+    def outpainting_masks(self, batch: dict, augment: bool) -> Tensor:
+        """(B, 1, H, W) outpainting masks, 1 = masked: face-centred random boxes on ``outpainting.probability`` of samples when augmenting, else none."""
         reference = batch["reference"]
         b, _, height, width = reference.shape
         mask = torch.zeros(b, 1, height, width)
@@ -191,7 +249,7 @@ class OneToAll(AnimationSystem):
                 mask[i, 0] = torch.from_numpy(drawn)
             if self._trainer is not None:
                 self.log("train/outpainting_without_face", float(self.outpainting_without_face), batch_size=b)
-        return batch | {"reference_mask": mask.to(reference)}
+        return mask.to(reference)
 
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
         inputs = {"reference": masked_reference_pixels, "reference_mask": reference_mask_pixels}
