@@ -41,6 +41,25 @@ def sample_time(
     return shift_time(t, shift).clamp(1e-5, 1 - 1e-5)
 
 
+LOSS_WEIGHTINGS = ("none", "bell")
+
+
+def training_weight(t: Tensor, weighting: str = "none", shift: float = 1.0, steps: int = 1000) -> Tensor:
+    """Per-sample loss weights (n,) of training times t (n,): ones, or ``bell``, DiffSynth's FlowMatchScheduler training weights.
+
+    ``bell``: exp(-2 (t - 1/2)^2) less its minimum over the ``steps``-step shifted schedule, scaled to mean 1 on that schedule.
+    """
+    if weighting == "none":
+        return torch.ones_like(t)
+    if weighting != "bell":
+        raise ValueError(f"unknown time_sampling.loss_weighting {weighting!r}: use one of {', '.join(LOSS_WEIGHTINGS)}")
+    grid = shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1], shift)  # DiffSynth's training sigmas
+    bell = torch.exp(-2 * (grid - 0.5) ** 2)
+    floor, total = bell.min(), (bell - bell.min()).sum()
+    weight = (torch.exp(-2 * (t.double() - 0.5) ** 2) - floor).clamp_min(0) * steps / total
+    return weight.to(t.dtype)
+
+
 def _frames(t: Tensor) -> Tensor:
     """(B, F) per-frame time -> (B, 1, F, 1, 1) for broadcasting over latents."""
     return t[:, None, :, None, None]
@@ -60,10 +79,12 @@ def velocity_from_sample(latents: Tensor, sample: Tensor, t: Tensor, min_time: f
     return (latents - sample) / _frames(t).clamp_min(min_time).to(latents.dtype)
 
 
-def flow_loss(prediction: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Weighted MSE: sum(w * (v - u)^2) / sum(w * C); weight broadcasts to (B, 1, F, h, w)."""
+def flow_loss(prediction: Tensor, target: Tensor, weight: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+    """Weighted MSE: sum(s_b * w * (v - u)^2) / sum(w * C); weight broadcasts to (B, 1, F, h, w), ``sample_weight`` s (B,) (time weighting) scales each sample's error only."""
     weight = weight.to(prediction.dtype).expand(prediction.shape[0], 1, *prediction.shape[2:])
     squared = (prediction.float() - target.float()).pow(2) * weight
+    if sample_weight is not None:
+        squared = squared * sample_weight.float().to(squared.device).view(-1, *([1] * (squared.ndim - 1)))
     return squared.sum() / (weight.sum() * prediction.shape[1]).clamp_min(1e-8)
 
 

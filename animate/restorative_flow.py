@@ -4,15 +4,19 @@ The clean target chunk ``x0`` is perturbed in pixel space (:class:`DriftPerturba
 shift, sharpness, saturation) and encoded, ``x0~ = E(P(x0))``. The model sees
 ``x_t~ = (1 - t) x0~ + t eps`` and regresses
 
-    v* = (eps - x0) + w(t) (x0~ - x0),     w(t) = a exp(-(t - mu)^2 / (2 s^2))
+    v* = (eps - x0) + w(t) (x0~ - x0)
 
 the plain flow-matching velocity plus a correction towards the clean endpoint. The exact constant
 velocity from ``x_t~`` to ``x0`` would use ``(1 - t) / t`` in place of ``w(t)``, which explodes as
-t -> 0; the bell ``w`` is bounded and decays at both ends. The official code (``loss.py``,
-schedule ``gaussian_timestep``) writes the correction as ``v_clean + alpha(t) (x_t~ - x_t)`` =
-``(eps - x0) + alpha(t) (1 - t) (x0~ - x0)`` with ``alpha`` the bell ``exp(-2 (t - 1/2)^2)``
-(mu = 1/2, s = 1/2) min-max normalised over [0, 1] and scaled by its weight (``form="official"``).
-With no perturbation (``x0~ = x0``) both are plain flow matching.
+t -> 0; the paper reschedules it with a bounded bell that "peaks in the intermediate regions and
+smoothly decays near both ends", following DiffSynth's flow-matching loss weights: the Gaussian
+``g(t) = exp(-(t - mu)^2 / (2 s^2))`` min-max normalised over [0, 1], ``w = a (g - g_min) / (1 - g_min)``
+(``normalised``; with mu = s = 1/2, w(0) = w(1) = 0 and w(1/2) = a; unnormalised, g(0) = g(1) = 0.61).
+The official code (``loss.py``, schedule ``gaussian_timestep``) writes the correction as
+``v_clean + alpha(t) (x_t~ - x_t)`` = ``(eps - x0) + alpha(t) (1 - t) (x0~ - x0)`` with ``alpha`` that
+normalised bell (``form="official"``). With no perturbation (``x0~ = x0``) both are plain flow matching.
+Which draws are restored (the official ``rand_aug_sigma_threshold`` and ``video_aug_prob``) is
+:class:`DriftPerturbation`'s ``probability`` and the method's ``restorative.min_time``.
 """
 
 from __future__ import annotations
@@ -24,20 +28,21 @@ from torch import Tensor
 FORMS = ("paper", "official")
 
 
-def bell_weight(t: Tensor, amplitude: float, mean: float, std: float) -> Tensor:
-    """w(t) = a exp(-(t - mu)^2 / (2 s^2)), elementwise."""
-    return amplitude * torch.exp(-((t - mean) ** 2) / (2 * std**2))
+def bell_weight(t: Tensor, amplitude: float, mean: float, std: float, normalised: bool = True) -> Tensor:
+    """w(t) = a g(t), g(t) = exp(-(t - mu)^2 / (2 s^2)), elementwise; ``normalised``: g min-max normalised over [0, 1]."""
+    bell = torch.exp(-((t - mean) ** 2) / (2 * std**2))
+    if not normalised:
+        return amplitude * bell
+    lowest = torch.exp(torch.tensor(-max(mean, 1 - mean) ** 2 / (2 * std**2)))  # g's minimum on [0, 1], at the end farther from mu
+    return amplitude * (bell - lowest) / (1 - lowest).clamp_min(1e-8)
 
 
-def restoration_coefficient(t: Tensor, amplitude: float, mean: float, std: float, form: str = "paper") -> Tensor:
-    """The coefficient of (x0~ - x0) in the RFM target at time t: w(t), or alpha(t) (1 - t) in the official form."""
+def restoration_coefficient(t: Tensor, amplitude: float, mean: float, std: float, form: str = "paper", normalised: bool = True) -> Tensor:
+    """The coefficient of (x0~ - x0) in the RFM target at time t: w(t), or w(t) (1 - t) in the official form."""
     if form not in FORMS:
         raise ValueError(f"restorative form {form!r}: use one of {', '.join(FORMS)}")
-    if form == "paper":
-        return bell_weight(t, amplitude, mean, std)
-    lowest = bell_weight(torch.tensor(0.0 if mean >= 0.5 else 1.0), 1.0, mean, std)  # the bell's minimum on [0, 1]
-    alpha = (bell_weight(t, 1.0, mean, std) - lowest) / (1 - lowest).clamp_min(1e-8)
-    return amplitude * alpha * (1 - t)
+    weight = bell_weight(t, amplitude, mean, std, normalised)
+    return weight if form == "paper" else weight * (1 - t)
 
 
 def restorative_target(clean: Tensor, perturbed: Tensor, noise: Tensor, coefficient: Tensor) -> Tensor:
@@ -50,10 +55,11 @@ class DriftPerturbation:
 
     ``color_shift``: largest per-channel offset (pixels in [-1, 1]); ``sharpness`` and
     ``saturation``: largest relative change of torchvision's factors (factor drawn in
-    [1 - s, 1 + s]); ``probability``: chance that a clip is perturbed at all.
+    [1 - s, 1 + s]); ``probability``: chance that a clip is perturbed at all (official: its ``video_aug_prob``
+    0.8 is drawn twice, once when the perturbed latents are encoded and once in the loss: 0.8 x 0.8 = 0.64).
     """
 
-    def __init__(self, color_shift: float = 0.1, sharpness: float = 0.5, saturation: float = 0.3, probability: float = 1.0):
+    def __init__(self, color_shift: float = 0.1, sharpness: float = 0.5, saturation: float = 0.3, probability: float = 0.64):
         for name, value in (("color_shift", color_shift), ("sharpness", sharpness), ("saturation", saturation)):
             if value < 0:
                 raise ValueError(f"perturbation {name}={value}: must be >= 0")
@@ -96,8 +102,10 @@ class DriftPerturbation:
         return 2 * cls._draw(generator) - 1
 
 
-def check_bell(amplitude: float, mean: float, std: float) -> None:
-    """Reject a bell that cannot be meant: negative amplitude, mean outside [0, 1], std <= 0."""
+def check_bell(amplitude: float, mean: float, std: float, min_time: float = 0.0) -> None:
+    """Reject a bell that cannot be meant (negative amplitude, mean outside [0, 1], std <= 0) and a ``min_time`` outside [0, 1]."""
+    if not 0.0 <= min_time <= 1.0:
+        raise ValueError(f"method.restorative.min_time={min_time}: a flow time in [0, 1]")
     if amplitude < 0:
         raise ValueError(f"method.restorative.amplitude={amplitude}: must be >= 0")
     if not 0.0 <= mean <= 1.0:

@@ -49,18 +49,30 @@ def test_continuation_cuts_the_clip_into_motion_memory_and_target():
     assert first.clean.shape[2] == k + 1 + video.shape[2]
 
 
-def test_identity_memory_is_the_reference_then_the_views_each_encoded_alone():
-    system = everanimate().eval()
-    batch = batch_with_views(views=1)
+def test_identity_memory_at_inference_is_the_views_then_the_reference_last_each_encoded_alone():
+    system = everanimate().eval()  # K = 2: one view, then the reference (official order)
+    batch = batch_with_views(views=2)
     latents = system.encode(batch, system.latent_inputs(training=False))
     seq = system.build_sequence(batch, latents, {}, training=False)
     reference = system.backbone.vae.encode(batch["reference"][:, :, None])
     view = system.backbone.vae.encode(batch["reference_views"][:, 0, :, None])
-    assert torch.allclose(seq.clean[:, :, 0:1], reference, atol=1e-5) and torch.allclose(seq.clean[:, :, 1:2], view, atol=1e-5)
+    assert torch.allclose(seq.clean[:, :, 0:1], view, atol=1e-5) and torch.allclose(seq.clean[:, :, 1:2], reference, atol=1e-5)
     del batch["reference_views"]  # no views given: the reference fills the memory
     latents = system.encode(batch, system.latent_inputs(training=False))
     seq = system.build_sequence(batch, latents, {}, training=False)
-    assert torch.allclose(seq.clean[:, :, 1:2], seq.clean[:, :, 0:1])
+    assert torch.allclose(seq.clean[:, :, 0:1], reference, atol=1e-5) and torch.allclose(seq.clean[:, :, 1:2], reference, atol=1e-5)
+
+
+@torch.no_grad()
+def test_the_frozen_identity_memory_is_views_of_the_first_chunk_then_the_reference_last():
+    system = everanimate(identity_views=4).eval()
+    batch = fake_batch(b=1, t=9)
+    video = torch.linspace(-0.9, 0.9, 9).view(1, 1, 9, 1, 1).expand(1, 3, 9, *batch["reference"].shape[2:]).contiguous()  # frame i: one grey level
+    memory = system.after_first_chunk(batch, video, seed=0)["identity_memory"]  # (1, C, 4, h, w)
+    encode = lambda pixels: system.backbone.vae.encode(pixels[:, :, None])[:, :, 0]
+    assert torch.allclose(memory[:, :, 3], encode(batch["reference"]), atol=1e-5)
+    frames = [min(range(1, 9), key=lambda i: (encode(video[:, :, i]) - memory[:, :, slot]).abs().max()) for slot in range(3)]
+    assert frames == sorted(frames) and len(set(frames)) == 3  # three distinct frames after frame 0, in time order
 
 
 def test_at_initialisation_the_pose_path_adds_nothing():
@@ -96,6 +108,28 @@ def test_rfm_input_is_the_perturbed_interpolant_and_its_target_pulls_back():
     pair = system.flow_pair(seq, noise, t)
     assert torch.allclose(pair.model_input[:, :, n:], 0.5 * seq.perturbed[:, :, n:] + 0.5 * noise[:, :, n:])
     assert torch.allclose(pair.target[:, :, n:], (noise - seq.clean)[:, :, n:] + 1.0 * 0.3, atol=1e-5)  # w(mu) = a
+
+
+def test_the_bell_is_min_max_normalised_zero_at_both_ends_and_a_at_its_mean():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    for form in ("paper", "official"):
+        coefficient = restoration_coefficient(t, amplitude=0.7, mean=0.5, std=0.5, form=form)
+        torch.testing.assert_close(coefficient, torch.tensor([0.0, 0.7 if form == "paper" else 0.35, 0.0]))
+    raw = restoration_coefficient(t, 1.0, 0.5, 0.5, "paper", normalised=False)  # the plain Gaussian: exp(-1/2) at the ends
+    torch.testing.assert_close(raw, torch.tensor([0.6065, 1.0, 0.6065]), atol=1e-4, rtol=0)
+
+
+def test_rfm_restores_only_draws_at_or_above_min_time():
+    system = everanimate(restorative=dict(enabled=True, min_time=0.5))
+    seq, _ = training_sequence(system, batch_with_views())
+    n = system.context_frames
+    seq.perturbed = seq.clean.clone()
+    seq.perturbed[:, :, n:] += 0.3
+    noise, t = torch.randn_like(seq.clean), torch.tensor([0.3, 0.6])
+    pair = system.flow_pair(seq, noise, t)
+    plain = AnimationSystem.flow_pair(system, seq, noise, t)
+    assert torch.equal(pair.model_input[0], plain.model_input[0]) and torch.equal(pair.target[0], plain.target[0])  # t < 0.5: plain FM
+    assert not torch.allclose(pair.target[1], plain.target[1])  # t >= 0.5: restored
 
 
 def test_rfm_target_stays_bounded_as_t_goes_to_zero():
@@ -134,11 +168,57 @@ def test_drift_perturbation_changes_pixels_within_range_and_can_be_off():
         DriftPerturbation(saturation=-1)
 
 
-def test_memory_augmentation_shifts_views_and_keeps_their_shape():
-    views = torch.rand(2, 3, 3, 32, 32) * 2 - 1
-    moved = augment_views(views, translate=0.1, scale=0.1, generator=torch.Generator().manual_seed(0))
+def test_memory_augmentation_moves_all_views_of_a_sample_by_one_map():
+    view = torch.rand(1, 1, 3, 32, 32) * 2 - 1
+    views = view.expand(8, 3, -1, -1, -1).contiguous()  # every sample: one image three times
+    moved = augment_views(views, probability=1.0, scale=(0.8, 1.2), translate=0.1, fill=0.0, generator=torch.Generator().manual_seed(0))
     assert moved.shape == views.shape and not torch.allclose(moved, views)
-    assert torch.equal(augment_views(views, 0, 0), views)
+    assert torch.equal(moved[:, 0], moved[:, 1]) and torch.equal(moved[:, 0], moved[:, 2])  # shared by the sample's views
+    assert not torch.allclose(moved[0], moved[1])  # drawn anew per sample
+    assert torch.equal(augment_views(views, 0.0, (0.8, 1.2), 0.1, 0.0), views)
+
+
+def test_memory_augmentation_is_the_official_affine_grid_map():
+    views = torch.rand(1, 1, 3, 16, 16) * 2 - 1
+    moved = augment_views(views, 1.0, (1.2, 1.2), 0.0, 0.0)  # s = 1.2, no shift: the view shrinks about the centre
+    theta = torch.tensor([[[1.2, 0.0, 0.0], [0.0, 1.2, 0.0]]])
+    grid = torch.nn.functional.affine_grid(theta, [1, 3, 16, 16], align_corners=False)
+    expected = torch.nn.functional.grid_sample(views[0], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    torch.testing.assert_close(moved[0], expected)
+
+
+def test_memory_augmentation_fills_outside_the_view_with_the_fill_value():
+    white = torch.ones(1, 2, 3, 16, 16)
+    for fill in (0.0, -1.0):  # official: 0, mid-grey on [-1, 1] pixels
+        moved = augment_views(white, 1.0, (1.2, 1.2), 0.0, fill)
+        assert torch.all(moved[..., 0, 0] == fill) and torch.all(moved[..., 8, 8] == 1.0)
+
+
+def test_memory_augmentation_moves_a_share_probability_of_the_samples():
+    views = (torch.rand(1, 2, 3, 16, 16) * 2 - 1).expand(400, -1, -1, -1, -1)
+    moved = augment_views(views, 0.5, (0.8, 1.2), 0.1, 0.0, generator=torch.Generator().manual_seed(0))
+    changed = (moved != views).flatten(1).any(dim=1).float().mean()
+    assert 0.42 < changed < 0.58
+
+
+def test_training_identity_memory_is_the_views_or_with_its_probability_the_reference_alone():
+    system = everanimate(identity_views=2, reference_memory_probability=0.0)
+    batch = batch_with_views(b=16, views=2)  # as many views as slots: no reference in the memory (official)
+    system.train()
+    latents = system.encode(batch, system.latent_inputs(training=True))
+    reference = latents["identity"][:, :, 0].unflatten(0, (16, -1))[:, 0]  # (B, C, h, w)
+    views = latents["identity"][:, :, 0].unflatten(0, (16, -1))[:, 1:3].transpose(1, 2)  # (B, C, 2, h, w)
+    memory = system.identity_memory(batch, latents, "training")
+    assert torch.equal(memory, views)
+    system.reference_memory_probability = 1.0
+    assert torch.equal(system.identity_memory(batch, latents, "training"), reference[:, :, None].expand(-1, -1, 2, -1, -1))
+    system.reference_memory_probability = 0.5
+    torch.manual_seed(0)
+    memory = system.identity_memory(batch, latents, "training")
+    alone = torch.tensor([torch.equal(memory[i], reference[i, :, None].expand(-1, 2, -1, -1)) for i in range(16)])
+    assert alone.any() and not alone.all()  # drawn per sample
+    system.eval()  # the validation loss: always the views
+    assert torch.equal(system.identity_memory(batch, latents, "training"), views)
 
 
 def test_settings_that_cannot_work_are_rejected():
@@ -148,6 +228,12 @@ def test_settings_that_cannot_work_are_rejected():
         everanimate(restorative=dict(form="other"))
     with pytest.raises(ValueError, match="identity_views"):
         everanimate(identity_views=0)
+    with pytest.raises(ValueError, match="restorative.min_time"):
+        everanimate(restorative=dict(min_time=2))
+    with pytest.raises(ValueError, match="memory_augmentation.scale"):
+        everanimate(memory_augmentation=dict(scale=[1.2, 0.8]))
+    with pytest.raises(ValueError, match="loss_weighting"):
+        everanimate(time_sampling=dict(loss_weighting="other"))
 
 
 def with_faces(batch):
@@ -191,3 +277,63 @@ def test_rfm_training_encodes_only_the_clips_p_perturbs():
     assert any(same) and not all(same)  # unperturbed clips reuse x0's latents, perturbed ones were encoded from P(x0)
     system.eval()
     assert "perturbed" not in system.encode(batch, system.latent_inputs(training=True))  # the validation loss is plain FM
+
+
+def diffsynth_training_weights(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffSynth's FlowMatchScheduler (template Wan) in training mode: its 1000 sigmas and their loss weights, re-derived."""
+    sigmas = torch.linspace(1.0, 0.0, 1001, dtype=torch.float64)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    y = torch.exp(-2 * ((sigmas * 1000 - 500) / 1000) ** 2)
+    return sigmas, (y - y.min()) * (1000 / (y - y.min()).sum())
+
+
+def test_bell_loss_weighting_is_diffsynths_training_weight():
+    from animate.flow import training_weight
+
+    sigmas, weights = diffsynth_training_weights(5.0)
+    torch.testing.assert_close(training_weight(sigmas, "bell", shift=5.0), weights)
+    assert abs(float(training_weight(sigmas, "bell", shift=5.0).mean()) - 1.0) < 1e-9 and torch.equal(training_weight(sigmas), torch.ones_like(sigmas))
+
+
+def test_the_bell_weight_scales_each_samples_loss_and_is_not_normalised_away():
+    from animate.flow import training_weight
+
+    batch = batch_with_views(b=1)
+    sampling = dict(mode="uniform", shift=5.0)
+    plain = everanimate(time_sampling=sampling).eval()
+    weighted = everanimate(time_sampling=sampling | dict(loss_weighting="bell")).eval()
+    weighted.load_state_dict(plain.state_dict())
+    t = torch.rand(1, generator=torch.Generator().manual_seed(7))
+    t = 5 * t / (1 + 4 * t)  # the time both losses draw with this seed
+    with torch.no_grad():
+        expected = plain.loss(batch, torch.Generator().manual_seed(7)) * training_weight(t, "bell", 5.0)
+        torch.testing.assert_close(weighted.loss(batch, torch.Generator().manual_seed(7)), expected[0])
+
+
+def compose_everanimate(conf: str, monkeypatch):
+    """The composed config of ``conf`` (e.g. real/everanimate_stage2)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.setenv("ANIMATE_DATA", "/shards")
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "conf"), version_base=None):
+        return compose(conf)
+
+
+@pytest.mark.parametrize("conf", ["real/everanimate", "real/everanimate_stage1", "real/everanimate_stage2"])
+def test_paper_scale_trains_as_the_official_code(conf, monkeypatch):
+    method = compose_everanimate(conf, monkeypatch).method
+    sampling = method.time_sampling
+    assert sampling.mode == "uniform" and sampling.shift == 5.0 and sampling.loss_weighting == "bell"
+    assert method.restorative.min_time == 0.5 and method.restorative.perturbation.probability == 0.64
+    assert method.reference_memory_probability == 0.05 and method.first_chunk_probability == 0.2
+    aug = method.memory_augmentation
+    assert list(aug.scale) == [0.8, 1.2] and aug.translate == 0.1 and aug.fill == 0.0
+    assert aug.probability == (0.0 if conf.endswith("stage1") else 0.5)  # official: stage 2 only
+    assert compose_everanimate(conf, monkeypatch).data.reference_views == 4
+
+
+def test_the_tiny_stages_augment_the_memory_in_stage_2_only(monkeypatch):
+    assert compose_everanimate("everanimate_stage1", monkeypatch).method.memory_augmentation.probability == 0.0
+    assert compose_everanimate("everanimate_stage2", monkeypatch).method.memory_augmentation.probability == 0.5

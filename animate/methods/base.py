@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from animate.backbone import PackedInput, WanBackbone
-from animate.flow import StepCallback, clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time
+from animate.flow import StepCallback, clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time, training_weight
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
@@ -189,6 +189,8 @@ class AnimationSystem(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.time_sampling = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0) | dict(time_sampling or {})
+        self.loss_weighting = self.time_sampling.pop("loss_weighting", "none")  # per-sample loss weight of the drawn time (animate.flow.training_weight)
+        training_weight(torch.zeros(1), self.loss_weighting)  # checks the weighting's name
         self.sampler = dict(steps=50, shift=5.0, guidance=[1.0], cache_threshold=0.0) | dict(sampler or {})
         self.step_cache: FirstBlockCache | None = None  # the last sampled trajectory's step cache (its reuse statistics)
         self.condition_dropout = {name: 0.0 for name in self.conditions} | dict(condition_dropout or {})
@@ -302,7 +304,8 @@ class AnimationSystem(L.LightningModule):
         t = sample_time(b, **self.time_sampling, generator=generator, device="cpu").to(self.device)
         noise = torch.randn(seq.clean.shape, generator=generator, device="cpu").to(seq.clean)
         pair = self.flow_pair(seq, noise, t)
-        return flow_loss(self(seq, pair.model_input, pair.t), pair.target, pair.weight)
+        time_weight = training_weight(t, self.loss_weighting, self.time_sampling["shift"])  # (B,)
+        return flow_loss(self(seq, pair.model_input, pair.t), pair.target, pair.weight, time_weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.loss(batch)

@@ -5,12 +5,14 @@ frame clean at t = 0 and out of the loss::
 
     [ identity memory (K latent frames) | motion memory (L_m latent frames) | target chunk ]
 
-- **Identity memory** (:meth:`identity_memory`): the reference and K - 1 more views of the
-  identity, each VAE-encoded as its own image. In training the views are frames of the same
-  video (``data.reference_views``) with mild random translation and rescaling (memory
-  augmentation, against the spatial bias of the memory); at inference the views missing from
-  the user's input come from the first generated chunk and are then frozen
-  (:mod:`animate.rollout`).
+- **Identity memory** (:meth:`identity_memory`): K views of the identity, each VAE-encoded as
+  its own image. At inference (the official order) K - 1 views and the reference last; the views
+  missing from the user's input come from the first generated chunk and are then frozen
+  (:mod:`animate.rollout`). In training the views are frames of the same video
+  (``data.reference_views``), the reference filling the slots they leave, or, with
+  ``reference_memory_probability``, the reference in every slot; memory augmentation
+  (:func:`augment_views`) shifts and rescales a sample's views by one random affine map, against
+  the spatial bias of the memory.
 - **Motion memory**: the last L_m latent frames of the previous chunk, reused without decoding
   and re-encoding. Training cuts one clip into memory and target: the latent frames
   ``1 : 1 + L_m`` are the memory and the rest the target; with ``first_chunk_probability`` the
@@ -35,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -81,17 +83,46 @@ def face_crops(frames: Tensor, keypoints: Tensor, size: int) -> Tensor:
     return crops.to(frames.dtype).unflatten(0, (b, t)).transpose(1, 2)
 
 
-def augment_views(views: Tensor, translate: float, scale: float, generator: torch.Generator | None = None) -> Tensor:
-    """Memory augmentation: each view (B, K, 3, H, W) shifted by up to ``translate`` of its size and rescaled by up to 1 +- ``scale``."""
-    if translate == 0 and scale == 0:
+def augment_views(
+    views: Tensor, probability: float, scale: tuple[float, float], translate: float, fill: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Memory augmentation of views (B, V, 3, H, W): with ``probability`` a sample's views all go through one affine map.
+
+    The map is the official one in ``affine_grid``'s units (the frame spans [-1, 1]): output pixel x samples the view at
+    ``s x + (tx, ty)``, s ~ U(scale), tx, ty ~ U(-translate, translate); outside the view: ``fill``.
+    """
+    b, v, c, height, width = views.shape
+    if probability == 0 or v == 0:
         return views
-    b, k, _, height, width = views.shape
-    out = []
-    for view in views.flatten(0, 1):
-        draw = (torch.rand(3, generator=generator) * 2 - 1).tolist()
-        shift = [round(draw[0] * translate * width), round(draw[1] * translate * height)]
-        out.append(TF.affine(view, angle=0.0, translate=shift, scale=1 + draw[2] * scale, shear=[0.0, 0.0], fill=-1.0))
-    return torch.stack(out).unflatten(0, (b, k))
+    applied = torch.rand(b, generator=generator) < probability  # (B,)
+    s = torch.empty(b).uniform_(*scale, generator=generator)
+    shift = torch.empty(b, 2).uniform_(-translate, translate, generator=generator)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = s, s, shift
+    theta = theta.repeat_interleave(v, dim=0).to(views.device, torch.float32)  # one map for all of a sample's views
+    flat = views.flatten(0, 1).float() - fill  # grid_sample pads with zeros: shifted, the padding is ``fill``
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    moved = (F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill).clamp(-1, 1)
+    moved = moved.to(views.dtype).unflatten(0, (b, v))
+    return torch.where(applied.to(views.device)[:, None, None, None, None], moved, views)
+
+
+def memory_slots(reference: Tensor, views: Tensor, k: int, kept: int) -> Tensor:
+    """(B, C, K, h, w): the first ``kept`` of ``views`` (B, C, V, h, w), then ``reference`` (B, C, 1, h, w) in the slots left."""
+    views = views[:, :, : min(kept, k)]
+    return torch.cat([views, reference.expand(-1, -1, k - views.shape[2], -1, -1)], dim=2)
+
+
+def check_augmentation(aug: dict) -> dict:
+    """The memory augmentation settings, rejected with the key's name when they cannot be meant."""
+    low, high = aug["scale"]
+    if not 0.0 <= aug["probability"] <= 1.0:
+        raise ValueError(f"method.memory_augmentation.probability={aug['probability']}: a probability in [0, 1]")
+    if not 0 < low <= high:
+        raise ValueError(f"method.memory_augmentation.scale={list(aug['scale'])}: a range [low, high] with 0 < low <= high")
+    if aug["translate"] < 0 or not -1.0 <= aug["fill"] <= 1.0:
+        raise ValueError(f"method.memory_augmentation.translate={aug['translate']} must be >= 0 and fill={aug['fill']} a pixel value in [-1, 1]")
+    return aug | {"scale": (float(low), float(high))}
 
 
 class EverAnimate(AnimationSystem):
@@ -110,6 +141,7 @@ class EverAnimate(AnimationSystem):
         identity_views: int = 4,
         motion_latents: int = 1,
         first_chunk_probability: float = 0.2,
+        reference_memory_probability: float = 0.05,
         motion_noise: float = 0.0,
         memory_augmentation: dict | None = None,
         restorative: dict | None = None,
@@ -119,13 +151,14 @@ class EverAnimate(AnimationSystem):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "metrics"])
         if identity_views < 1 or motion_latents < 1:
             raise ValueError(f"method.identity_views={identity_views} and method.motion_latents={motion_latents}: each must be >= 1")
-        if not 0.0 <= first_chunk_probability <= 1.0 or not 0.0 <= motion_noise <= 1.0:
-            raise ValueError("method.first_chunk_probability and method.motion_noise are probabilities / flow times in [0, 1]")
+        if not all(0.0 <= p <= 1.0 for p in (first_chunk_probability, reference_memory_probability, motion_noise)):
+            raise ValueError("method.first_chunk_probability, reference_memory_probability and motion_noise are probabilities / flow times in [0, 1]")
         self.identity_views, self.motion_latents = identity_views, motion_latents
         self.first_chunk_probability, self.motion_noise = first_chunk_probability, motion_noise
-        self.memory_augmentation = dict(translate=0.05, scale=0.05) | dict(memory_augmentation or {})
-        rfm = dict(enabled=False, form="paper", amplitude=1.0, mean=0.5, std=0.5, perturbation={}) | dict(restorative or {})
-        check_bell(rfm["amplitude"], rfm["mean"], rfm["std"])
+        self.reference_memory_probability = reference_memory_probability
+        self.memory_augmentation = check_augmentation(dict(probability=0.5, scale=(0.8, 1.2), translate=0.1, fill=0.0) | dict(memory_augmentation or {}))
+        rfm = dict(enabled=False, form="paper", normalised=True, min_time=0.5, amplitude=1.0, mean=0.5, std=0.5, perturbation={}) | dict(restorative or {})
+        check_bell(rfm["amplitude"], rfm["mean"], rfm["std"], rfm["min_time"])
         restoration_coefficient(torch.zeros(1), rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"])  # checks the form
         self.restorative = rfm
         self.perturbation = DriftPerturbation(**dict(rfm["perturbation"]))
@@ -145,14 +178,11 @@ class EverAnimate(AnimationSystem):
 
     # ----- inputs --------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, augment: bool) -> dict:
-        """Memory augmentation of the identity views (training draws only)."""
-        if not augment or "identity_memory" in batch:
-            return batch
-        views = views_of(batch)[:, 1:]
-        if views.shape[1] == 0:
+        """Memory augmentation of the identity views (training draws only; the reference is left as it is)."""
+        if not augment or "identity_memory" in batch or batch.get("reference_views") is None:
             return batch
         aug = self.memory_augmentation
-        return batch | {"reference_views": augment_views(views, aug["translate"], aug["scale"])}
+        return batch | {"reference_views": augment_views(batch["reference_views"], aug["probability"], aug["scale"], aug["translate"], aug["fill"])}
 
     def latent_inputs(self, training: bool) -> dict[str, PixelFn]:
         inputs = {"pose": pose_pixels, "identity": identity_pixels}
@@ -174,20 +204,31 @@ class EverAnimate(AnimationSystem):
             latents["perturbed"] = perturbed
         return latents
 
-    def identity_memory(self, batch: dict, latents: dict[str, Tensor]) -> Tensor:
-        """(B, C, K, h, w): the batch's frozen identity memory, or its views' latents with the reference filling missing views."""
+    def identity_memory(self, batch: dict, latents: dict[str, Tensor], layout: str = "inference") -> Tensor:
+        """(B, C, K, h, w): the batch's frozen identity memory, or its encoded views in ``layout``.
+
+        ``inference`` (official order): K - 1 views, the reference last (and in the slots the views leave);
+        ``training``: K views, the reference in the slots they leave; in a training draw, with
+        ``reference_memory_probability`` per sample, the reference in every slot; ``reference``: the reference in every slot.
+        """
         if "identity_memory" in batch:
-            memory = batch["identity_memory"]
-        else:
-            b = batch["reference"].shape[0]
-            memory = latents["identity"][:, :, 0].unflatten(0, (b, -1)).transpose(1, 2)  # (B, C, V, h, w)
-        if memory.shape[2] < self.identity_views:  # too few views: repeat the reference (the rollout fills them from chunk 1)
-            memory = torch.cat([memory, memory[:, :, :1].expand(-1, -1, self.identity_views - memory.shape[2], -1, -1)], dim=2)
-        return memory[:, :, : self.identity_views]
+            return batch["identity_memory"][:, :, : self.identity_views]
+        b, k = batch["reference"].shape[0], self.identity_views
+        encoded = latents["identity"][:, :, 0].unflatten(0, (b, -1)).transpose(1, 2)  # (B, C, 1 + V, h, w): the reference, then the views
+        reference, views = encoded[:, :, :1], encoded[:, :, 1:]
+        if layout == "reference":
+            return reference.expand(-1, -1, k, -1, -1)
+        if layout == "inference":
+            return memory_slots(reference, views, k, k - 1)
+        memory = memory_slots(reference, views, k, k)
+        if not self.training:
+            return memory
+        alone = (torch.rand(b) < self.reference_memory_probability).to(memory.device)  # (B,)
+        return torch.where(alone[:, None, None, None, None], reference.expand_as(memory), memory)
 
     def after_first_chunk(self, batch: dict, video: Tensor, seed: int) -> dict[str, Tensor]:
-        """The frozen identity memory: the given views, the missing ones drawn from the first chunk's frames (B, 3, T, H, W)."""
-        given = views_of(batch)  # (B, V, 3, H, W)
+        """The frozen identity memory (inference layout): the given views, the missing ones drawn from the first chunk's frames (B, 3, T, H, W)."""
+        given = views_of(batch)  # (B, 1 + V, 3, H, W): the reference, then the views
         missing = self.identity_views - given.shape[1]
         if missing > 0:
             generator = torch.Generator().manual_seed(seed)
@@ -197,7 +238,8 @@ class EverAnimate(AnimationSystem):
                 drawn = torch.cat([drawn, drawn[:, -1:].expand(-1, missing - drawn.shape[1], -1, -1, -1)], dim=1)
             given = torch.cat([given, drawn.to(given)], dim=1)
         latents = self.backbone.vae.encode(given.flatten(0, 1)[:, :, None])  # each view encoded alone
-        return {"identity_memory": latents[:, :, 0].unflatten(0, (given.shape[0], -1)).transpose(1, 2)[:, :, : self.identity_views]}
+        encoded = latents[:, :, 0].unflatten(0, (given.shape[0], -1)).transpose(1, 2)  # (B, C, 1 + V, h, w)
+        return {"identity_memory": memory_slots(encoded[:, :, :1], encoded[:, :, 1:], self.identity_views, self.identity_views - 1)}
 
     def pose_tokens(self, pose_latents: Tensor) -> Tensor:
         """(B, L_target, D) pose tokens of the target frames' pose latents (B, C, F, h, w)."""
@@ -206,7 +248,7 @@ class EverAnimate(AnimationSystem):
 
     # ----- the sequence --------------------------------------------------------------------------
     def build_sequence(self, batch: dict, latents: dict[str, Tensor], drop: dict[str, Tensor], training: bool) -> LatentSequence:
-        identity = self.identity_memory(batch, latents)  # (B, C, K, h, w)
+        identity = self.identity_memory(batch, latents, "training" if training else "inference")  # (B, C, K, h, w)
         b, c, _, h, w = identity.shape
         pose, perturbed = latents["pose"], latents.get("perturbed")
         if training:
@@ -221,7 +263,7 @@ class EverAnimate(AnimationSystem):
                 motion = self.perturb_motion(motion)
             else:  # as the first chunk of a long video: no motion memory, and only the reference (the other views come from this chunk)
                 motion, target = video.new_zeros(b, c, self.motion_latents, h, w), video
-                identity = identity[:, :, :1].expand_as(identity)
+                identity = self.identity_memory(batch, latents, "reference")
         else:
             memory = batch.get("motion_memory")
             motion = identity.new_zeros(b, c, self.motion_latents, h, w) if memory is None else memory.to(identity)
@@ -283,11 +325,13 @@ class EverAnimate(AnimationSystem):
 
     # ----- restorative flow matching ------------------------------------------------------------
     def flow_pair(self, seq: EverAnimateSequence, noise: Tensor, t: Tensor) -> FlowPair:
-        """Plain flow matching, or RFM on the perturbed target when ``restorative.enabled``."""
+        """Plain flow matching, or RFM on the perturbed target when ``restorative.enabled``: only samples at t >= ``min_time`` are restored."""
         if not self.restorative["enabled"] or seq.perturbed is None:
             return super().flow_pair(seq, noise, t)
-        t_frames = seq.frame_times(t)  # (B, F), 0 on memory frames
         rfm = self.restorative
-        coefficient = restoration_coefficient(t_frames, rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"])
-        x_t = interpolate(seq.perturbed, noise, t_frames)
-        return FlowPair(x_t, t_frames, restorative_target(seq.clean, seq.perturbed, noise, coefficient), seq.loss_weight)
+        restored = (t >= rfm["min_time"])[:, None, None, None, None]  # (B, 1, 1, 1, 1): the official rand_aug_sigma_threshold
+        perturbed = torch.where(restored, seq.perturbed, seq.clean)  # x0~ = x0 below it: plain flow matching
+        t_frames = seq.frame_times(t)  # (B, F), 0 on memory frames
+        coefficient = restoration_coefficient(t_frames, rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"], rfm["normalised"])
+        x_t = interpolate(perturbed, noise, t_frames)
+        return FlowPair(x_t, t_frames, restorative_target(seq.clean, perturbed, noise, coefficient), seq.loss_weight)
