@@ -169,3 +169,15 @@ def test_the_gpu_trainer_presets_state_their_strategy_and_precision():
     assert fsdp._target_ == "lightning.pytorch.strategies.FSDPStrategy"
     policy = instantiate(fsdp.auto_wrap_policy)
     assert isinstance(policy, ModuleWrapPolicy) and {c.__name__ for c in policy._module_classes} == {"WanAttention", "FeedForward"}
+
+
+@pytest.mark.parametrize(("conf", "mode", "shift", "weighting"), [
+    ("real/unianimate", "uniform", 5.0, "bell"),  # DiffSynth's training: uniform over a shift-5 schedule, bell-shaped weights
+    ("real/everanimate", "uniform", 5.0, "bell"),
+    ("real/onetoall", "logit_normal", 1.0, "none"),  # the official One-to-All code: logit-normal(0, 1), shift 1
+])
+def test_real_scale_training_times_are_the_official_codes(conf, mode, shift, weighting, monkeypatch):
+    monkeypatch.setenv("ANIMATE_DATA", "/shards")
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        sampling = compose(conf, overrides=WEIGHTS_FROM_ARCHITECTURE).method.time_sampling
+    assert (sampling.mode, sampling.shift, sampling.loss_weighting) == (mode, shift, weighting)
