@@ -10,6 +10,7 @@ cumulative CFG, sampling, prediction, optimizers and small checkpoints.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,6 +31,9 @@ from animate.step_cache import FirstBlockCache
 
 FSDP_WRAPPED = "_fsdp_wrapped_module."  # the name part FSDP's units add to their parameters' names (not to state-dict keys)
 IMAGE_TOKENS = "reference_image_tokens"  # the encoded entry holding the reference's CLIP tokens (I2V / Animate backbones)
+# what a constructor fills in for keys a partial ``time_sampling`` / ``sampler`` leaves out: conf/method_base/default.yaml's values
+TIME_SAMPLING_DEFAULTS = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0)
+SAMPLER_DEFAULTS = dict(steps=20, shift=3.0, guidance=[1.0], cache_threshold=0.0)
 
 PixelFn = Callable[[dict], Tensor]
 """batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
@@ -188,8 +192,8 @@ class AnimationSystem(L.LightningModule):
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.time_sampling = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0) | dict(time_sampling or {})
-        self.sampler = dict(steps=50, shift=5.0, guidance=[1.0], cache_threshold=0.0) | dict(sampler or {})
+        self.time_sampling = TIME_SAMPLING_DEFAULTS | dict(time_sampling or {})
+        self.sampler = copy.deepcopy(SAMPLER_DEFAULTS) | dict(sampler or {})  # its own guidance list
         self.step_cache: FirstBlockCache | None = None  # the last sampled trajectory's step cache (its reuse statistics)
         self.condition_dropout = {name: 0.0 for name in self.conditions} | dict(condition_dropout or {})
         unknown = set(self.condition_dropout) - set(self.conditions)
