@@ -209,7 +209,7 @@ def roll_out(
 ) -> Tensor:
     """Animate ``batch["pose"]`` (B, 3, T, H, W) of any length: video (B, 3, T, H, W) in [-1, 1].
 
-    ``options``: sampler settings for :meth:`sample_latents` (steps, shift, guidance, seed);
+    ``options``: sampler settings for :meth:`sample_latents` (steps, shift, schedule, guidance, seed);
     ``store``: keeps finished chunks and resumes from them; ``on_frames``: receives each chunk's
     new frames (B, 3, n, H, W) in order, the resumed ones first.
     """
@@ -308,6 +308,7 @@ def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict,
     starts = sorted({min(start, latent_frames - window) for start in starts})
     steps = options.get("steps") or system.sampler["steps"]
     shift = options.get("shift") if options.get("shift") is not None else system.sampler["shift"]
+    schedule = options.get("schedule") or system.sampler["schedule"]
     guidance = list(options.get("guidance") if options.get("guidance") is not None else system.sampler["guidance"])
     levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
     windows = []
@@ -327,7 +328,7 @@ def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict,
         if state.get("signature") != store.signature:
             raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
         done, x = int(state["steps_done"]), state["latents"].to(x)
-    times = sampling_times(steps, shift, device=x.device)
+    times = sampling_times(steps, shift, schedule=schedule, device=x.device)
     for i in tqdm(range(done, steps), desc="sliding-window steps", unit="step", disable=not progress):
         total_velocity, count = torch.zeros_like(x), torch.zeros(latent_frames, device=x.device)
         for start, sequences, velocity in windows:

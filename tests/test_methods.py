@@ -240,3 +240,8 @@ def test_constructor_defaults_are_the_method_base_configs():
     assert system.time_sampling == OmegaConf.to_container(base.time_sampling)
     # a partial sampler takes the rest from the same defaults
     assert text_to_video().sampler == OmegaConf.to_container(base.sampler) | {"steps": 2, "guidance": []}
+
+
+def test_an_unknown_sampling_schedule_is_refused_when_the_system_is_built():
+    with pytest.raises(ValueError, match="sampler.schedule='euler'"):
+        TextToVideo(tiny_backbone(16), ADAMW, sampler={"schedule": "euler"})
