@@ -315,6 +315,17 @@ def window_ownership(latent_frames: int, window: int, starts: list[int]) -> Tens
     return count  # > 0 everywhere when neighbours share >= PRIVATE_LATENTS frames (RolloutConfig checks)
 
 
+def resumed_steps(store: ChunkStore, x: Tensor, private: list[Tensor]) -> tuple[int, Tensor, list[Tensor]]:
+    """(steps done, shared latents, each later window's own latents) kept in ``store``'s ``steps.pt``."""
+    state = torch.load(store.directory / "steps.pt", map_location="cpu", weights_only=True)
+    if state.get("signature") != store.signature:
+        raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
+    if len(state.get("private", ())) != len(private):
+        raise ValueError(f"{store.directory} holds sliding-window steps without the windows' own latent frames "
+                         "(written before windows kept them): delete it or write to another out=")
+    return int(state["steps_done"]), state["latents"].to(x), [p.to(x) for p in state.get("private", [])]
+
+
 def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict, store: ChunkStore | None, progress: bool) -> Tensor:
     """UniAnimate-DiT's long video: each step, the shared latents become the average of the windows' Euler-stepped latents.
 
@@ -350,13 +361,8 @@ def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict,
     x = clip_noise(shape, keys, options.get("seed", 0)).to(top.clean)
     private = [clip_noise((*shape[:2], PRIVATE_LATENTS, *shape[3:]), [f"{key}#window{index}" for key in keys], options.get("seed", 0)).to(x)
                for index in range(1, len(starts))]  # (B, C, 2, h, w) per later window
-    done = 0
     state_path = None if store is None else store.directory / "steps.pt"
-    if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("signature") != store.signature or len(state.get("private", ())) != len(private):
-            raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
-        done, x, private = int(state["steps_done"]), state["latents"].to(x), [p.to(x) for p in state["private"]]
+    done, x, private = resumed_steps(store, x, private) if state_path is not None and state_path.is_file() else (0, x, private)
     times = sampling_times(steps, shift, schedule=schedule, device=x.device)
     for i in tqdm(range(done, steps), desc="sliding-window steps", unit="step", disable=not progress):
         written = torch.zeros_like(x)  # (B, C, F, h, w) sum of the windows' stepped latents over the frames they write

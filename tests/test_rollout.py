@@ -9,6 +9,7 @@ import torch
 from animate.flow import sampling_times
 from animate.methods.base import LatentSequence
 from animate.rollout import ChunkStore, RolloutConfig, plan_chunks, roll_out, rollout_config
+from common.files import atomic_torch_save
 from common.video import Mp4Stream, decode_video
 
 from tiny_systems import everanimate, everanimate_on_animate, face_keypoints, fake_batch, frameprompt, unianimate
@@ -205,6 +206,10 @@ def test_an_interrupted_sliding_window_generation_resumes_with_the_windows_own_l
     resumed = WindowPull(mix=0.5)
     torch.testing.assert_close(roll_out(resumed, pull_batch(), cfg, store=store, progress=False), whole)
     assert len(resumed.seen) == 3 * 3  # the 3 steps left
+    state = torch.load(tmp_path / "chunks" / "steps.pt", weights_only=True)
+    atomic_torch_save(tmp_path / "chunks" / "steps.pt", {key: value for key, value in state.items() if key != "private"} | {"steps_done": 2})
+    with pytest.raises(ValueError, match="without the windows' own latent frames"):  # steps written before windows kept them
+        roll_out(WindowPull(mix=0.5), pull_batch(), cfg, store=store, progress=False)
 
 
 def test_sliding_windows_sharing_fewer_latents_than_a_window_keeps_are_refused():
