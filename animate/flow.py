@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 
@@ -88,9 +89,26 @@ def flow_loss(prediction: Tensor, target: Tensor, weight: Tensor, sample_weight:
     return squared.sum() / (weight.sum() * prediction.shape[1]).clamp_min(1e-8)
 
 
-def sampling_times(steps: int, shift: float = 1.0, device: torch.device | str = "cpu") -> Tensor:
-    """Decreasing times (steps + 1,) from 1 to 0 with the time shift applied."""
-    return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+SCHEDULES = ("diffsynth", "diffusers")
+"""Sampling schedules (``method.sampler.schedule``), each the official sampler of the methods that use it:
+
+- ``diffsynth``: DiffSynth-Studio's ``FlowMatchScheduler(sigma_min=0, extra_one_step=True)`` (UniAnimate-DiT;
+  EverAnimate's ``FlowMatchScheduler("Wan")``): ``shift(linspace(1, 0, steps + 1))``, the shift applied once.
+- ``diffusers``: diffusers' ``FlowMatchEulerDiscreteScheduler(shift)`` (One-to-All), which shifts twice: once at
+  init over its 1000 training sigmas (so the schedule ends at shift(1/1000), not 0) and again in ``set_timesteps``;
+  then it steps to 0. At shift 7 and 30 steps its last times are 0.231, 0.047, 0 (diffsynth's: 0.333, 0.194, 0).
+"""
+
+
+def sampling_times(steps: int, shift: float, *, schedule: str, device: torch.device | str = "cpu") -> Tensor:
+    """Decreasing times (steps + 1,) from 1 to 0 of the named schedule (:data:`SCHEDULES`) at ``shift``."""
+    if schedule == "diffsynth":
+        return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+    if schedule == "diffusers":
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False)
+        scheduler.set_timesteps(steps)
+        return scheduler.sigmas.to(device=device, dtype=torch.float32)  # (steps + 1,), the last 0
+    raise ValueError(f"sampler.schedule={schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def guidance_weights(scales: Sequence[float]) -> list[float]:
@@ -132,11 +150,13 @@ def euler_sample(
     x: Tensor,  # (B, C, F, h, w) at t = 1
     generate: Tensor,  # (B, F) bool: frames to integrate; the rest are seen at t = 0
     steps: int,
-    shift: float = 1.0,
+    shift: float,
     on_step: StepCallback | None = None,
+    *,
+    schedule: str,
 ) -> Tensor:
-    """Euler integration of dx/dt = v from t = 1 to 0 over the shifted schedule."""
-    times = sampling_times(steps, shift, device=x.device)
+    """Euler integration of dx/dt = v from t = 1 to 0 over the named schedule (:func:`sampling_times`)."""
+    times = sampling_times(steps, shift, schedule=schedule, device=x.device)
     for i in range(steps):
         t, s = times[i], times[i + 1]
         t_frames = torch.where(generate, t, torch.zeros_like(t)).to(x.dtype)  # (B, F)

@@ -12,9 +12,11 @@ Strategies (``rollout.strategy``; ``None`` = the method's own, :attr:`AnimationS
 - ``token_replace``: One-to-All's: ``image_carry`` of the last 5 frames (2 latent frames) by default.
 - ``latent_carry``: EverAnimate's persistent latent propagation: the previous chunk's last L_m
   latent frames are the motion memory as they are, with no VAE call between chunks.
-- ``sliding_window``: UniAnimate-DiT's: the whole latent sequence is denoised at once; at every step
-  each window of ``window_latents`` latent frames (``overlap_latents`` shared with the next)
-  predicts its velocity and overlapping predictions are averaged.
+- ``sliding_window``: UniAnimate-DiT's (DiffSynth's long-video loop): the whole latent sequence is
+  denoised at once; at every step each window of ``window_latents`` latent frames (``overlap_latents``
+  shared with the next) takes an Euler step and the shared latents become the average of the windows'
+  stepped latents. Each later window keeps its first two latent frames to itself (fresh noise at the
+  start, never written back), so neighbours must share at least two.
 
 A chunk-by-chunk rollout keeps every finished chunk in a :class:`ChunkStore` (its latents, its
 frames and what later chunks need), so an interrupted generation resumes at the next chunk and
@@ -42,6 +44,7 @@ STRATEGIES = ("independent", "image_carry", "token_replace", "latent_carry", "sl
 STATIC_KEYS = ("reference", "reference_pose", "reference_mask", "reference_keypoints", "reference_views")
 FRAME_KEYS = {"pose": 2, "driving": 2, "keypoints": 1}  # per-frame inputs a chunk slices (key: its time dimension)
 TOKEN_REPLACE_FRAMES = 5  # One-to-All: the last 5 frames of the previous segment = 2 latent frames
+PRIVATE_LATENTS = 2  # UniAnimate-DiT (DiffSynth's long-video loop): latent frames at the start of each later window kept to itself
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class RolloutConfig:
         if self.window_latents < 2 or not 0 <= self.overlap_latents < self.window_latents:
             raise ValueError(f"rollout.window_latents={self.window_latents}, overlap_latents={self.overlap_latents}: "
                              "need window >= 2 and 0 <= overlap < window")
+        if self.strategy == "sliding_window" and self.overlap_latents < PRIVATE_LATENTS:
+            raise ValueError(f"rollout.overlap_latents={self.overlap_latents}: sliding windows keep their first {PRIVATE_LATENTS} latent frames "
+                             f"to themselves, so neighbouring windows must share at least {PRIVATE_LATENTS} (UniAnimate-DiT: 4)")
         if self.decode_warmup < 1:
             raise ValueError(f"rollout.decode_warmup={self.decode_warmup}: at least 1 latent frame")
 
@@ -209,7 +215,7 @@ def roll_out(
 ) -> Tensor:
     """Animate ``batch["pose"]`` (B, 3, T, H, W) of any length: video (B, 3, T, H, W) in [-1, 1].
 
-    ``options``: sampler settings for :meth:`sample_latents` (steps, shift, guidance, seed);
+    ``options``: sampler settings for :meth:`sample_latents` (steps, shift, schedule, guidance, seed);
     ``store``: keeps finished chunks and resumes from them; ``on_frames``: receives each chunk's
     new frames (B, 3, n, H, W) in order, the resumed ones first.
     """
@@ -294,51 +300,87 @@ def to_uint8(video: Tensor) -> Tensor:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict, store: ChunkStore | None, progress: bool) -> Tensor:
-    """UniAnimate-DiT's long video: every step averages the velocities of overlapping latent windows.
+def window_starts(latent_frames: int, window: int, overlap: int) -> list[int]:
+    """First latent frame of each sliding window: every ``window - overlap``, the last one ending at the last frame."""
+    stride = window - overlap
+    starts = range(0, max(1, latent_frames - window + stride), stride)
+    return sorted({min(start, latent_frames - window) for start in starts})
 
-    With a ``store`` the latents are kept after every step (``steps.pt``) and a resumed run continues from the last.
+
+def window_ownership(latent_frames: int, window: int, starts: list[int]) -> Tensor:
+    """Windows writing each latent frame (F,): a later window's first :data:`PRIVATE_LATENTS` are its own, never written back."""
+    count = torch.zeros(latent_frames)
+    for index, start in enumerate(starts):
+        count[start + (PRIVATE_LATENTS if index else 0) : start + window] += 1
+    return count  # > 0 everywhere when neighbours share >= PRIVATE_LATENTS frames (RolloutConfig checks)
+
+
+def resumed_steps(store: ChunkStore, x: Tensor, private: list[Tensor]) -> tuple[int, Tensor, list[Tensor]]:
+    """(steps done, shared latents, each later window's own latents) kept in ``store``'s ``steps.pt``."""
+    state = torch.load(store.directory / "steps.pt", map_location="cpu", weights_only=True)
+    if state.get("signature") != store.signature:
+        raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
+    if len(state.get("private", ())) != len(private):
+        raise ValueError(f"{store.directory} holds sliding-window steps without the windows' own latent frames "
+                         "(written before windows kept them): delete it or write to another out=")
+    return int(state["steps_done"]), state["latents"].to(x), [p.to(x) for p in state.get("private", [])]
+
+
+def sliding_windows(system: Any, batch: dict, cfg: RolloutConfig, options: dict, store: ChunkStore | None, progress: bool) -> Tensor:
+    """UniAnimate-DiT's long video: each step, the shared latents become the average of the windows' Euler-stepped latents.
+
+    As DiffSynth's long-video loop (``WanUniAnimateLongVideoPipeline``, used by UniAnimate-DiT). Window 0 reads and
+    writes the shared latents. Each later window's first :data:`PRIVATE_LATENTS` latent frames are its own state: fresh
+    noise at the start, stepped with the window, never written back (its first latent frame is one frame, the I2V
+    first-frame slot, not the 4-frame shared latent there). Every shared frame is averaged over the windows that write
+    it. The official loop gives window 0 fresh noise for its first two frames too, but writes them back: the same thing.
+    With a ``store`` the latents and the windows' own frames are kept after every step (``steps.pt``); a resumed run
+    continues from the last.
     """
     total = batch["pose"].shape[2]
     padded = round_up_frames(total)
     latent_frames = 1 + (padded - 1) // 4
     window = min(cfg.window_latents, latent_frames)
-    stride = window - cfg.overlap_latents
-    starts = list(range(0, max(1, latent_frames - window + stride), stride))
-    starts = sorted({min(start, latent_frames - window) for start in starts})
+    starts = window_starts(latent_frames, window, cfg.overlap_latents)
+    count = window_ownership(latent_frames, window, starts)
     steps = options.get("steps") or system.sampler["steps"]
     shift = options.get("shift") if options.get("shift") is not None else system.sampler["shift"]
+    schedule = options.get("schedule") or system.sampler["schedule"]
     guidance = list(options.get("guidance") if options.get("guidance") is not None else system.sampler["guidance"])
     levels = [i for i, c in enumerate(guidance_weights(guidance)) if c != 0.0]
     windows = []
     length = 1 + 4 * (window - 1)
-    for index, start in enumerate(starts):  # window latent j >= 1 covers the same frames as latent start + j
+    for index, start in enumerate(starts):  # window latent 0 is frame 4 start alone; latent j >= 1 covers the same frames as latent start + j
         first = 0 if start == 0 else 4 * start
         part = chunk_batch(batch, Chunk(index, first, min(first + length, total), length, first, first + length, 0))  # padded with the last frame
         sequences = system.sampling_sequences(part, levels)
         windows.append((start, sequences, system.level_velocity(sequences, options.get("cache_threshold"))))  # a step cache per window
     top = windows[0][1][levels[-1]]
     shape = (top.clean.shape[0], top.clean.shape[1], latent_frames, *top.clean.shape[3:])
-    x = clip_noise(shape, batch.get("key"), options.get("seed", 0)).to(top.clean)
-    done = 0
+    keys = batch.get("key") or [str(i) for i in range(shape[0])]
+    x = clip_noise(shape, keys, options.get("seed", 0)).to(top.clean)
+    private = [clip_noise((*shape[:2], PRIVATE_LATENTS, *shape[3:]), [f"{key}#window{index}" for key in keys], options.get("seed", 0)).to(x)
+               for index in range(1, len(starts))]  # (B, C, 2, h, w) per later window
     state_path = None if store is None else store.directory / "steps.pt"
-    if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("signature") != store.signature:
-            raise ValueError(f"{store.directory} holds steps of another generation: delete it or write to another out=")
-        done, x = int(state["steps_done"]), state["latents"].to(x)
-    times = sampling_times(steps, shift, device=x.device)
+    done, x, private = resumed_steps(store, x, private) if state_path is not None and state_path.is_file() else (0, x, private)
+    times = sampling_times(steps, shift, schedule=schedule, device=x.device)
     for i in tqdm(range(done, steps), desc="sliding-window steps", unit="step", disable=not progress):
-        total_velocity, count = torch.zeros_like(x), torch.zeros(latent_frames, device=x.device)
-        for start, sequences, velocity in windows:
+        written = torch.zeros_like(x)  # (B, C, F, h, w) sum of the windows' stepped latents over the frames they write
+        for index, (start, sequences, velocity) in enumerate(windows):
+            own = PRIVATE_LATENTS if index else 0
+            latents = x[:, :, start : start + window].clone()
+            if own:
+                latents[:, :, :own] = private[index - 1]
             seq = sequences[levels[-1]]
             x_window = seq.clean.clone()
-            x_window[:, :, seq.target] = x[:, :, start : start + window]
+            x_window[:, :, seq.target] = latents
             t = torch.where(seq.generate, times[i], torch.zeros_like(times[i])).to(x.dtype)
             v = guided_velocity(velocity, system.hold(x_window, seq), t, guidance)[:, :, seq.target]
-            total_velocity[:, :, start : start + window] += v
-            count[start : start + window] += 1
-        x = x + (times[i + 1] - times[i]) * total_velocity / count.view(1, 1, -1, 1, 1)
+            stepped = latents + (times[i + 1] - times[i]) * v  # the window's Euler step
+            if own:
+                private[index - 1] = stepped[:, :, :own]
+            written[:, :, start + own : start + window] += stepped[:, :, own:]
+        x = written / count.to(x).view(1, 1, -1, 1, 1)
         if state_path is not None:
-            atomic_torch_save(state_path, {"steps_done": i + 1, "latents": x.cpu(), "signature": store.signature})
+            atomic_torch_save(state_path, {"steps_done": i + 1, "latents": x.cpu(), "private": [p.cpu() for p in private], "signature": store.signature})
     return system.backbone.vae.decode(x)[:, :, :total]

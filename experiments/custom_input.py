@@ -150,7 +150,7 @@ def animate_custom(cfg: DictConfig) -> Path:
     }
     if driving_frames is not None:  # the driving video itself, for methods that read it (Wan-Animate's face crops)
         batch["driving"] = F.interpolate(pose_to_tensor(driving_frames)[None], size=(len(driving_frames), height, width), mode="trilinear")
-    options = {name: cfg.sampler[name] for name in ("steps", "shift", "seed") if cfg.sampler.get(name) is not None}
+    options = {name: cfg.sampler[name] for name in ("steps", "shift", "schedule", "seed") if cfg.sampler.get(name) is not None}
     if cfg.sampler.get("guidance") is not None:
         options["guidance"] = list(cfg.sampler.guidance)
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt).parent / "animate" / batch["key"][0]

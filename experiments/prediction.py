@@ -140,6 +140,7 @@ def predict_clips(
     system.prediction = dict(
         steps=cfg.sampler.steps,
         shift=cfg.sampler.shift,
+        schedule=cfg.sampler.get("schedule"),
         guidance=list(cfg.sampler.guidance) if cfg.sampler.guidance and model != "base" else None,  # the base has no conditions to guide
         seed=cfg.sampler.seed,
         cache_threshold=cfg.sampler.get("cache_threshold"),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from animate.flow import (
+    SCHEDULES,
     euler_sample,
     flow_loss,
     guidance_weights,
@@ -61,9 +62,31 @@ def test_flow_loss_weights():
     assert flow_loss(pred, target, tripled).item() == pytest.approx((3 * 1 + 9) / 4)
 
 
-def test_sampling_times_decrease_from_one_to_zero():
-    times = sampling_times(10, shift=5.0)
-    assert times[0] == 1 and times[-1] == 0 and torch.all(times[1:] < times[:-1])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_sampling_times_decrease_from_one_to_zero(schedule):
+    times = sampling_times(10, shift=5.0, schedule=schedule)
+    assert times.shape == (11,) and times[0] == 1 and times[-1] == 0 and torch.all(times[1:] < times[:-1])
+
+
+def test_diffsynth_schedule_is_diffsynths_flow_match_scheduler():
+    # DiffSynth's FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True) as UniAnimate-DiT and EverAnimate build it:
+    # sigmas = linspace(1, 0, N + 1)[:-1], shifted once; its last step goes to 0
+    steps, shift = 50, 5.0
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    torch.testing.assert_close(sampling_times(steps, shift, schedule="diffsynth"), torch.cat([sigmas, torch.zeros(1)]))
+
+
+def test_diffusers_schedule_is_one_to_alls_official_one():
+    # One-to-All's FlowMatchEulerDiscreteScheduler(shift=7) at 30 steps (diffusers shifts twice); diffsynth's ends 0.333, 0.194, 0
+    times = sampling_times(30, 7.0, schedule="diffusers")
+    torch.testing.assert_close(times[-3:], torch.tensor([0.231, 0.047, 0.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(sampling_times(30, 7.0, schedule="diffsynth")[-3:], torch.tensor([0.333, 0.194, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_an_unknown_schedule_is_refused_by_name():
+    with pytest.raises(ValueError, match="sampler.schedule='ddim'"):
+        sampling_times(10, 5.0, schedule="ddim")
 
 
 def test_euler_recovers_data_with_exact_velocity():
@@ -77,7 +100,7 @@ def test_euler_recovers_data_with_exact_velocity():
     generate = torch.tensor([[False, True, True, True]] * 2)
     start = torch.where(generate[:, None, :, None, None], noise, x0)
     estimates = []
-    out = euler_sample(exact, start, generate, steps=7, shift=3.0, on_step=lambda i, x, t, v: estimates.append((i, sample_estimate(x, t, v))))
+    out = euler_sample(exact, start, generate, steps=7, shift=3.0, schedule="diffsynth", on_step=lambda i, x, t, v: estimates.append((i, sample_estimate(x, t, v))))
     torch.testing.assert_close(out, x0, rtol=1e-4, atol=1e-4)
     # the exact velocity implies the clean latents at every step, which the step callback sees
     assert [i for i, _ in estimates] == list(range(7))
@@ -104,7 +127,7 @@ def test_frames_not_generated_see_time_zero():
         return torch.zeros_like(x)
 
     generate = torch.tensor([[False, True, True]])
-    euler_sample(record, torch.randn(1, 2, 3, 2, 2), generate, steps=3)
+    euler_sample(record, torch.randn(1, 2, 3, 2, 2), generate, steps=3, shift=1.0, schedule="diffsynth")
     assert len(seen) == 3 and all(t[0, 0] == 0 and t[0, 1] > 0 for t in seen)
 
 

@@ -1,5 +1,7 @@
 """UniAnimate-DiT and FramePrompt systems on fabricated batches with tiny random models."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from animate.backbone import build_transformer, expand_patch_embedding
 from animate.lora import merged_state_dict
 from animate.methods.base import LatentSequence, video_pixels
 from animate.methods.frameprompt import context_causal_mask
+from animate.methods.text_to_video import TextToVideo
 from animate.methods.unianimate import UniAnimate
 
 from tiny_systems import ADAMW, ARCH, fake_batch, frameprompt, text_to_video, tiny_backbone, unianimate
@@ -226,3 +229,19 @@ def test_pretrained_weights_train_at_their_own_learning_rate_and_new_ones_at_the
     assert [group["lr"] for group in random_init.param_groups] == [1e-3]
     with pytest.raises(ValueError, match="pretrained_lr_scale=0"):
         unianimate(pretrained_lr_scale=0)
+
+
+def test_constructor_defaults_are_the_method_base_configs():
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(Path(__file__).parents[1] / "conf" / "method_base" / "default.yaml")
+    system = TextToVideo(tiny_backbone(16), ADAMW)  # no sampler, no time_sampling given
+    assert system.sampler == OmegaConf.to_container(base.sampler)
+    assert system.time_sampling | {"loss_weighting": system.loss_weighting} == OmegaConf.to_container(base.time_sampling)
+    # a partial sampler takes the rest from the same defaults
+    assert text_to_video().sampler == OmegaConf.to_container(base.sampler) | {"steps": 2, "guidance": []}
+
+
+def test_an_unknown_sampling_schedule_is_refused_when_the_system_is_built():
+    with pytest.raises(ValueError, match="sampler.schedule='euler'"):
+        TextToVideo(tiny_backbone(16), ADAMW, sampler={"schedule": "euler"})

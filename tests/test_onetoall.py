@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from animate.backbone import PackedInput, WanBackbone, build_transformer
-from animate.flow import guided_velocity
+from animate.flow import guided_velocity, sampling_times
 from animate.methods.base import LatentSequence
 from animate.methods.onetoall import OneToAll, in_group
 from animate.modules.hrfa import HybridReferenceAttnProcessor, frame0_rope
@@ -470,3 +470,32 @@ def test_reference_noise_perturbs_the_kept_area_of_the_drawn_share():
     std = (noised - batch["reference"])[changed][..., 8:].std().item()
     assert 0.9 < std < 1.2  # the official std: exp(exp(N(-3, 0.5))) ~ 1.05
     assert torch.equal(system.prepare_batch(dict(batch), augment=False)["reference"], batch["reference"])  # never at inference
+
+
+def method_config(name, *overrides):
+    """conf/NAME.yaml's ``method`` as the command line composes it (no metrics, no latent cache)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        return compose(name, overrides=["method.metrics=null", "method.latent_cache=null", *overrides]).method
+
+
+@torch.no_grad()
+def test_one_to_all_built_from_its_config_samples_on_diffusers_schedule():
+    from hydra.utils import instantiate
+
+    system = instantiate(method_config("onetoall")).eval()
+    assert system.sampler["schedule"] == "diffusers"
+    seen = []
+    system.sample_latents(fake_batch(b=1), steps=3, on_step=lambda i, x, t, v: seen.append(t.max().item()))
+    torch.testing.assert_close(torch.tensor(seen), sampling_times(3, system.sampler["shift"], schedule="diffusers")[:-1])
+    assert not torch.allclose(torch.tensor(seen), sampling_times(3, system.sampler["shift"], schedule="diffsynth")[:-1])
+
+
+@pytest.mark.parametrize("name, schedule", [("onetoall", "diffusers"), ("unianimate", "diffsynth"), ("everanimate", "diffsynth"), ("frameprompt", "diffsynth")])
+def test_each_method_samples_on_its_official_schedule_at_paper_scale_too(name, schedule):
+    assert method_config(name).sampler.schedule == schedule
+    if name == "onetoall":  # conf/paper_scale/onetoall.yaml: the official 30 steps at shift 7 end 0.231, 0.047, 0
+        sampler = method_config(name, "+paper_scale=onetoall").sampler
+        times = sampling_times(sampler.steps, sampler.shift, schedule=sampler.schedule)
+        torch.testing.assert_close(times[-3:], torch.tensor([0.231, 0.047, 0.0]), atol=1e-3, rtol=0)

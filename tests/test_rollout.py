@@ -1,10 +1,15 @@
 """Long-video rollouts: chunk plans, latent carry without the VAE, image carry, sliding windows, resume, the growing mp4."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from animate.flow import sampling_times
+from animate.methods.base import LatentSequence
 from animate.rollout import ChunkStore, RolloutConfig, plan_chunks, roll_out, rollout_config
+from common.files import atomic_torch_save
 from common.video import Mp4Stream, decode_video
 
 from tiny_systems import everanimate, everanimate_on_animate, face_keypoints, fake_batch, frameprompt, unianimate
@@ -94,7 +99,7 @@ def test_first_chunk_fills_the_missing_identity_views_then_freezes_them():
 @pytest.mark.parametrize("make, settings", [
     (everanimate, {"chunk_frames": 9}),
     (frameprompt, {"chunk_frames": 9, "strategy": "image_carry"}),
-    (unianimate, {"strategy": "sliding_window", "window_latents": 3, "overlap_latents": 1}),
+    (unianimate, {"strategy": "sliding_window", "window_latents": 4, "overlap_latents": 2}),
 ])
 def test_an_interrupted_generation_resumes_to_the_same_video(make, settings, tmp_path):
     system = make().eval()
@@ -127,12 +132,89 @@ def test_an_interrupted_generation_resumes_to_the_same_video(make, settings, tmp
 def test_sliding_windows_average_overlapping_windows():
     system = unianimate().eval()
     batch = long_batch(17)
-    cfg = rollout_config(system, {"strategy": "sliding_window", "window_latents": 3, "overlap_latents": 1})
+    cfg = rollout_config(system, {"strategy": "sliding_window", "window_latents": 4, "overlap_latents": 2})
     windows = []
     sequences = system.sampling_sequences
     system.sampling_sequences = lambda part, levels: windows.append(part["pose"].shape[2]) or sequences(part, levels)
     video = roll_out(system, batch, cfg, progress=False)
-    assert video.shape == (1, 3, 17, 32, 32) and windows == [9, 9]  # latents 0-2 and 2-4 of 5
+    assert video.shape == (1, 3, 17, 32, 32) and windows == [13, 13]  # latents 0-3 and 1-4 of 5
+
+
+class WindowPull:
+    """A stand-in system whose window w pulls its latents straight to the constant w + 1: v = (x - (w + 1)) / t + mix * mean_F(x).
+
+    With ``mix = 0`` every latent ends at the mean of its writers' constants; its "decoder" returns the latents.
+    """
+
+    rollout_defaults = staticmethod(lambda: {"strategy": "sliding_window"})
+
+    def __init__(self, mix=0.0, crash_at=None):
+        self.sampler = dict(steps=5, shift=3.0, guidance=[1.0], schedule="diffsynth")
+        self.backbone = SimpleNamespace(vae=SimpleNamespace(decode=lambda x: x))
+        self.mix, self.crash_at, self.windows, self.seen = mix, crash_at, 0, []  # seen: (window, its input latents) per forward
+
+    def sampling_sequences(self, part, levels):
+        frames = 1 + (part["pose"].shape[2] - 1) // 4
+        seq = LatentSequence(torch.zeros(1, 2, frames, 2, 2), torch.ones(1, frames, dtype=torch.bool), torch.ones(1, 1, frames, 2, 2), slice(0, frames))
+        return {level: seq for level in levels}
+
+    def level_velocity(self, sequences, cache_threshold):
+        window, self.windows = self.windows, self.windows + 1
+
+        def velocity(x, t, levels):
+            if len(self.seen) == self.crash_at:
+                raise KeyboardInterrupt
+            self.seen.append((window, x.clone()))
+            return ((x - (window + 1)) / t[:, None, :, None, None] + self.mix * x.mean(dim=2, keepdim=True)).repeat(len(levels), 1, 1, 1, 1)
+
+        return velocity
+
+    def hold(self, x, seq):
+        return x
+
+
+def pull_batch(frames=29):
+    """Driving frames only: what the stand-in system reads."""
+    return {"pose": torch.zeros(1, 3, frames, 8, 8), "key": ["clip"]}
+
+
+@torch.no_grad()
+def test_sliding_windows_keep_their_first_two_latents_and_average_only_what_they_write():
+    # 8 latent frames, windows of 5 sharing 3: latents 0-4, 2-6, 3-7; windows 1 and 2 keep latents 2-3 and 3-4 to themselves
+    system = WindowPull()
+    cfg = RolloutConfig(strategy="sliding_window", window_latents=5, overlap_latents=3)
+    latents = roll_out(system, pull_batch(), cfg, progress=False)
+    per_frame = latents[0].mean(dim=(0, 2, 3))
+    torch.testing.assert_close(per_frame, torch.tensor([1, 1, 1, 1, 1.5, 2.5, 2.5, 3]))  # window 0 pulls to 1, window 1 to 2, window 2 to 3
+    # window 1's own latents start from fresh noise (not the shared noise window 0 reads there) and follow its own straight path
+    first = {window: x for window, x in system.seen[:3]}
+    assert not torch.allclose(first[1][:, :, :2], first[0][:, :, 2:4])
+    times = sampling_times(5, 3.0, schedule="diffsynth")
+    own = [x[:, :, :2] for window, x in system.seen if window == 1]
+    for step, x in enumerate(own):
+        torch.testing.assert_close(x, 2 + times[step] * (own[0] - 2))
+
+
+@torch.no_grad()
+def test_an_interrupted_sliding_window_generation_resumes_with_the_windows_own_latents(tmp_path):
+    cfg = RolloutConfig(strategy="sliding_window", window_latents=5, overlap_latents=3)
+    whole = roll_out(WindowPull(mix=0.5), pull_batch(), cfg, progress=False)  # mix: a window's own latents move the latents it writes
+    store = ChunkStore(tmp_path / "chunks", {"test": 1})
+    with pytest.raises(KeyboardInterrupt):
+        roll_out(WindowPull(mix=0.5, crash_at=7), pull_batch(), cfg, store=store, progress=False)  # in step 3 of 5
+    assert torch.load(tmp_path / "chunks" / "steps.pt", weights_only=True)["steps_done"] == 2
+    resumed = WindowPull(mix=0.5)
+    torch.testing.assert_close(roll_out(resumed, pull_batch(), cfg, store=store, progress=False), whole)
+    assert len(resumed.seen) == 3 * 3  # the 3 steps left
+    state = torch.load(tmp_path / "chunks" / "steps.pt", weights_only=True)
+    atomic_torch_save(tmp_path / "chunks" / "steps.pt", {key: value for key, value in state.items() if key != "private"} | {"steps_done": 2})
+    with pytest.raises(ValueError, match="without the windows' own latent frames"):  # steps written before windows kept them
+        roll_out(WindowPull(mix=0.5), pull_batch(), cfg, store=store, progress=False)
+
+
+def test_sliding_windows_sharing_fewer_latents_than_a_window_keeps_are_refused():
+    with pytest.raises(ValueError, match="overlap_latents=1: .* at least 2"):
+        RolloutConfig(strategy="sliding_window", window_latents=5, overlap_latents=1)
 
 
 def test_strategies_a_method_cannot_run_are_refused_in_one_line():

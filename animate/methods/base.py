@@ -10,6 +10,7 @@ cumulative CFG, sampling, prediction, optimizers and small checkpoints.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -22,7 +23,18 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from animate.backbone import PackedInput, WanBackbone
-from animate.flow import StepCallback, clip_noise, euler_sample, flow_loss, guidance_weights, guided_velocity, interpolate, sample_time, training_weight
+from animate.flow import (
+    SCHEDULES,
+    StepCallback,
+    clip_noise,
+    euler_sample,
+    flow_loss,
+    guidance_weights,
+    guided_velocity,
+    interpolate,
+    sample_time,
+    training_weight,
+)
 from animate.latent_cache import LatentCache
 from animate.lora import WAN_LORA_TARGETS, add_lora
 from animate.rollout import ChunkStore, RolloutConfig, roll_out
@@ -30,6 +42,9 @@ from animate.step_cache import FirstBlockCache
 
 FSDP_WRAPPED = "_fsdp_wrapped_module."  # the name part FSDP's units add to their parameters' names (not to state-dict keys)
 IMAGE_TOKENS = "reference_image_tokens"  # the encoded entry holding the reference's CLIP tokens (I2V / Animate backbones)
+# what a constructor fills in for keys a partial ``time_sampling`` / ``sampler`` leaves out: conf/method_base/default.yaml's values
+TIME_SAMPLING_DEFAULTS = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0, loss_weighting="none")
+SAMPLER_DEFAULTS = dict(steps=20, shift=3.0, guidance=[1.0], cache_threshold=0.0, schedule="diffsynth")
 
 PixelFn = Callable[[dict], Tensor]
 """batch -> pixels (B, 3, T, H, W) in [-1, 1] of one latent input."""
@@ -188,10 +203,12 @@ class AnimationSystem(L.LightningModule):
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.time_sampling = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0) | dict(time_sampling or {})
-        self.loss_weighting = self.time_sampling.pop("loss_weighting", "none")  # per-sample loss weight of the drawn time (animate.flow.training_weight)
+        self.time_sampling = TIME_SAMPLING_DEFAULTS | dict(time_sampling or {})
+        self.loss_weighting = self.time_sampling.pop("loss_weighting")  # per-sample loss weight of the drawn time (animate.flow.training_weight)
         training_weight(torch.zeros(1), self.loss_weighting)  # checks the weighting's name
-        self.sampler = dict(steps=50, shift=5.0, guidance=[1.0], cache_threshold=0.0) | dict(sampler or {})
+        self.sampler = copy.deepcopy(SAMPLER_DEFAULTS) | dict(sampler or {})  # its own guidance list
+        if self.sampler["schedule"] not in SCHEDULES:
+            raise ValueError(f"sampler.schedule={self.sampler['schedule']!r}: use one of {', '.join(SCHEDULES)} (animate/flow.py)")
         self.step_cache: FirstBlockCache | None = None  # the last sampled trajectory's step cache (its reuse statistics)
         self.condition_dropout = {name: 0.0 for name in self.conditions} | dict(condition_dropout or {})
         unknown = set(self.condition_dropout) - set(self.conditions)
@@ -206,7 +223,7 @@ class AnimationSystem(L.LightningModule):
         self.rollout = dict(rollout or {})  # long videos: animate.rollout.RolloutConfig fields
         self.metrics = metrics  # a metrics.suite.MetricSuite built by Hydra (conf/method/*.yaml), or None
         self.val_loss = MeanMetric()
-        self.prediction: dict[str, Any] = dict(steps=None, shift=None, guidance=None, seed=0, baseline=None, cache_threshold=None, context_parallel=None)
+        self.prediction: dict[str, Any] = dict(steps=None, shift=None, schedule=None, guidance=None, seed=0, baseline=None, cache_threshold=None, context_parallel=None)
         self.strict_loading = False  # checkpoints hold trainable weights only; the frozen base comes from config
         self.initialised_keys: frozenset[str] = frozenset()  # weights loaded from an earlier stage (init_from): saved even when frozen here
         if backbone.vae is not None:
@@ -359,7 +376,7 @@ class AnimationSystem(L.LightningModule):
     def generate(self, batch: dict, **options: Any) -> Tensor:
         """Animate a batch: video (B, 3, T, H, W) in [-1, 1]; uses no ground-truth frames.
 
-        ``options`` are :meth:`sample_latents`'s (steps, shift, guidance, seed, context); the
+        ``options`` are :meth:`sample_latents`'s (steps, shift, schedule, guidance, seed, context); the
         generated target latents, context frames included, are decoded.
         """
         return self.backbone.vae.decode(self.sample_latents(batch, **options))
@@ -375,6 +392,7 @@ class AnimationSystem(L.LightningModule):
         context: Tensor | None = None,
         on_step: StepCallback | None = None,
         cache_threshold: float | None = None,
+        schedule: str | None = None,
     ) -> Tensor:
         """The generated target latents (B, C, F, h, w) of a batch (what :meth:`generate` decodes).
 
@@ -382,9 +400,11 @@ class AnimationSystem(L.LightningModule):
         frames at every step, at t = 0 (One-to-All's token replace, :mod:`animate.rollout`).
         ``on_step``: called with each step's (index, x_t, t, guided velocity) of the whole sequence.
         ``cache_threshold``: step caching (None = ``sampler.cache_threshold``, 0 = off; :mod:`animate.step_cache`).
+        ``steps``, ``shift``, ``schedule`` (:data:`animate.flow.SCHEDULES`): None = ``sampler``'s.
         """
         steps = steps or self.sampler["steps"]
         shift = shift if shift is not None else self.sampler["shift"]
+        schedule = schedule or self.sampler["schedule"]
         guidance = list(guidance if guidance is not None else self.sampler["guidance"])
         if len(guidance) != len(self.guidance_levels) - 1:
             raise ValueError(f"{type(self).__name__} takes {len(self.guidance_levels) - 1} guidance scale(s), got {guidance}")
@@ -395,7 +415,7 @@ class AnimationSystem(L.LightningModule):
         top = sequences[levels[-1]]
         noise = clip_noise(top.clean.shape, batch.get("key"), seed).to(top.clean)
         velocity = self.level_velocity(sequences, cache_threshold)
-        x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift, on_step)
+        x = euler_sample(lambda x, t: guided_velocity(velocity, x, t, guidance), self.hold(noise, top), top.generate, steps, shift, on_step, schedule=schedule)
         return self.hold(x, top)[:, :, top.target]
 
     # ----- long videos (animate.rollout) -----------------------------------------------------------
@@ -436,7 +456,8 @@ class AnimationSystem(L.LightningModule):
             video = batch["reference"][:, :, None].expand_as(batch["video"])
         elif rollout is not None:  # long clips, chunk by chunk (finished chunks kept under store_dir/KEY for a resume)
             cfg = rollout if isinstance(rollout, RolloutConfig) else RolloutConfig(**rollout)
-            signature = {"rollout": cfg} | {key: value for key, value in options.items() if key != "cache_threshold" or value}  # off: as before caching existed
+            unset = {"cache_threshold": 0, "schedule": None}  # off / the run's: left out, as before these keys existed
+            signature = {"rollout": cfg} | {key: value for key, value in options.items() if key not in unset or value != unset[key]}
             store = None if store_dir is None else ChunkStore(Path(store_dir) / "+".join(batch["key"]), signature)
             video = roll_out(self, batch, cfg, options, store)
         else:
