@@ -38,7 +38,7 @@ def test_memory_frames_are_clean_at_t0_and_carry_no_loss():
 
 
 def test_continuation_cuts_the_clip_into_motion_memory_and_target():
-    system = everanimate()
+    system = everanimate(motion_noise=0.0)  # the motion memory as the clip has it (stage 2; stage 1 noises it)
     seq, latents = training_sequence(system, batch_with_views())
     video, k = latents["video"], system.identity_views
     assert torch.equal(seq.clean[:, :, k : k + 1], video[:, :, 1:2])  # motion memory = latent frame 1

@@ -245,3 +245,36 @@ def test_constructor_defaults_are_the_method_base_configs():
 def test_an_unknown_sampling_schedule_is_refused_when_the_system_is_built():
     with pytest.raises(ValueError, match="sampler.schedule='euler'"):
         TextToVideo(tiny_backbone(16), ADAMW, sampler={"schedule": "euler"})
+
+
+def method_yaml(name: str) -> dict:
+    """conf/method/NAME.yaml's ``method`` node as plain values."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "method" / f"{name}.yaml"))["method"]
+
+
+@pytest.mark.parametrize("name", ["unianimate", "frameprompt", "onetoall", "everanimate"])
+def test_every_constructor_default_is_its_methods_config(name):
+    import inspect
+
+    from hydra.utils import get_class
+
+    from animate.methods import everanimate, onetoall, unianimate
+
+    method = method_yaml(name)
+    cls = get_class(method["_target_"])
+    for key, parameter in inspect.signature(cls.__init__).parameters.items():
+        if key in method and parameter.default not in (inspect.Parameter.empty, None):
+            default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+            assert default == method[key], (name, key)
+    merged = {  # the defaults a constructor merges a partial dict into
+        "unianimate": {"pose_encoder": unianimate.POSE_ENCODER_DEFAULTS},
+        "onetoall": {"pose_control": onetoall.POSE_CONTROL_DEFAULTS, "outpainting": onetoall.OUTPAINTING_DEFAULTS,
+                     "token_replace": onetoall.TOKEN_REPLACE_DEFAULTS, "reference_noise": onetoall.REFERENCE_NOISE_DEFAULTS,
+                     "condition_dropout": onetoall.CONDITION_DROPOUT_DEFAULTS},
+        "everanimate": {"memory_augmentation": everanimate.MEMORY_AUGMENTATION_DEFAULTS, "restorative": everanimate.RESTORATIVE_DEFAULTS},
+        "frameprompt": {},
+    }[name]
+    for key, defaults in merged.items():
+        assert defaults == method[key], (name, key)

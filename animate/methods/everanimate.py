@@ -50,6 +50,10 @@ from animate.restorative_flow import DriftPerturbation, check_bell, restoration_
 from common.pose.faces import face_boxes
 
 ANIMATE_MASK_CHANNELS = 4  # Wan-Animate's y: 4 mask channels (the pixel mask folded by the VAE's 4x time) + the condition latents
+# The constructor's defaults are conf/method/everanimate.yaml's (tests/test_methods.py compares them): the config is their one source.
+MEMORY_AUGMENTATION_DEFAULTS = dict(probability=0.5, scale=[0.8, 1.2], translate=0.1, fill=0.0)
+RESTORATIVE_DEFAULTS = dict(enabled=True, form="paper", normalised=True, min_time=0.5, amplitude=1.0, mean=0.5, std=0.5,
+                            perturbation=dict(color_shift=0.1, sharpness=0.5, saturation=0.3, probability=0.64))
 
 
 @dataclass
@@ -142,7 +146,7 @@ class EverAnimate(AnimationSystem):
         motion_latents: int = 1,
         first_chunk_probability: float = 0.2,
         reference_memory_probability: float = 0.05,
-        motion_noise: float = 0.0,
+        motion_noise: float = 0.1,
         memory_augmentation: dict | None = None,
         restorative: dict | None = None,
         **kwargs,
@@ -156,8 +160,8 @@ class EverAnimate(AnimationSystem):
         self.identity_views, self.motion_latents = identity_views, motion_latents
         self.first_chunk_probability, self.motion_noise = first_chunk_probability, motion_noise
         self.reference_memory_probability = reference_memory_probability
-        self.memory_augmentation = check_augmentation(dict(probability=0.5, scale=(0.8, 1.2), translate=0.1, fill=0.0) | dict(memory_augmentation or {}))
-        rfm = dict(enabled=False, form="paper", normalised=True, min_time=0.5, amplitude=1.0, mean=0.5, std=0.5, perturbation={}) | dict(restorative or {})
+        self.memory_augmentation = check_augmentation(MEMORY_AUGMENTATION_DEFAULTS | dict(memory_augmentation or {}))
+        rfm = RESTORATIVE_DEFAULTS | dict(restorative or {})
         check_bell(rfm["amplitude"], rfm["mean"], rfm["std"], rfm["min_time"])
         restoration_coefficient(torch.zeros(1), rfm["amplitude"], rfm["mean"], rfm["std"], rfm["form"])  # checks the form
         self.restorative = rfm

@@ -135,7 +135,7 @@ class OneToAll(AnimationSystem):
         backbone: WanBackbone,
         optimizer,
         reference_extractor: bool = True,
-        extractor_blocks: int = 14,
+        extractor_blocks: int = 2,
         extractor_timestep: bool = False,
         query_rope: str = "frame0",
         reference_prefix: str = "latent",

@@ -55,6 +55,7 @@ def first_frame_mask(batch: int, frames: int, height: int, width: int, channels:
 
 
 REFERENCE_LATENTS = ("i2v", "frame0", "repeat", "still")
+POSE_ENCODER_DEFAULTS = dict(channels=8, num_layers=7, zero_init=True)  # conf/method/unianimate.yaml's (tests/test_methods.py compares them)
 
 
 def unit_range(pose: Tensor) -> Tensor:
@@ -74,10 +75,10 @@ class UniAnimate(AnimationSystem):
         optimizer,
         pose_encoder: dict | None = None,
         reference_pose_encoder: bool = True,
-        reference_latent: str = "i2v",
+        reference_latent: str = "still",
         **kwargs,
     ):
-        pose_cfg = dict(channels=16, num_layers=7, zero_init=True) | dict(pose_encoder or {})
+        pose_cfg = POSE_ENCODER_DEFAULTS | dict(pose_encoder or {})
         latent_channels = backbone.latent_channels
         expected = 2 * latent_channels + I2V_MASK_CHANNELS
         if backbone.in_channels != expected:
