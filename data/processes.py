@@ -1,7 +1,7 @@
-"""How data worker processes start: DataLoader workers, data.prepare's and data.synthetic's pools.
+"""How data worker processes start: DataLoader workers and data.prepare's pool.
 
 A forked child inherits the parent's memory but only the forking thread: a thread pool the
-parent left behind is there without its threads. Once the parent has decoded or encoded a video,
+parent left behind is there without its threads. Once the parent has decoded a video,
 PyAV keeps a per-thread swscale context with slice threads, and a forked child that converts a
 frame then deadlocks (``avpriv_slicethread_free``); measured with PyAV 12.3 and 18.1 (16.1 and
 17.0 did not hang). So workers start by ``forkserver`` (the default: children forked from a
@@ -19,7 +19,7 @@ START_METHODS = ("forkserver", "spawn", "fork")
 # What a fork server imports before it forks workers (only while it is not yet running): the modules
 # whose objects the workers unpickle, so a worker starts without importing torch itself. Importing
 # runs no decoding, so the server holds no swscale threads.
-FORKSERVER_PRELOAD = ["__main__", "data.datamodule", "data.prepare.writer", "data.synthetic.writer"]
+FORKSERVER_PRELOAD = ["__main__", "data.datamodule", "data.prepare.writer"]
 
 
 def check_start_method(key: str, method: Any) -> None:
