@@ -74,6 +74,7 @@ from data.buckets import (
     worker_rng,
 )
 from data.masks import region_weights
+from data.processes import check_start_method, worker_context
 from data.shards import URL_SCHEME, BadSampleCounter, Sample, decode_sample, parse_bucket, read_manifest
 from data.synthetic import SyntheticConfig, ensure_dataset
 
@@ -395,7 +396,8 @@ class AnimationDataModule(L.LightningDataModule):
                  val_samples: int = 16, random_window: bool = True, reference: str = "random", w_roi: float = 3.0,
                  roi_conf: float = 0.8, text_mask: bool = True, pose_conf_threshold: float = 0.3, seed: int = 0,
                  shuffle_buffer: int = 64, max_pending: int | None = None, face_enhancement: float = 0.0,
-                 lightened_poses: bool = False, image_groups: bool = True, reference_views: int = 0):
+                 lightened_poses: bool = False, image_groups: bool = True, reference_views: int = 0,
+                 multiprocessing_context: str = "forkserver"):
         super().__init__()
         if root is None and train_urls is None and val_urls is None and test_urls is None:
             raise ValueError(f"AnimationDataModule needs a dataset root or shard urls; {CREATE_HINT}")
@@ -406,6 +408,8 @@ class AnimationDataModule(L.LightningDataModule):
         check_buckets(resolution, resolutions, frame_buckets)
         if reference not in REFERENCE_POLICIES:
             raise ValueError(f"reference={reference}: must be one of {', '.join(REFERENCE_POLICIES)}")
+        check_start_method("multiprocessing_context", multiprocessing_context)
+        self.multiprocessing_context = multiprocessing_context
         self.root = root
         self.urls = {"train": train_urls, "val": val_urls, "test": test_urls}
         self.synthetic = None if synthetic is None else dict(synthetic)
@@ -545,9 +549,14 @@ class AnimationDataModule(L.LightningDataModule):
         )
 
     def loader(self, dataset: wds.DataPipeline) -> wds.WebLoader:
-        """A WebLoader of in-pipeline batches (persistent workers keep per-worker epoch counters)."""
+        """A WebLoader of in-pipeline batches (persistent workers keep per-worker epoch counters).
+
+        Workers start by ``multiprocessing_context`` (:mod:`data.processes`): a forked worker
+        can deadlock in the thread pool a video decoded in the parent left behind.
+        """
+        context = worker_context(self.multiprocessing_context) if self.num_workers > 0 else None  # DataLoader refuses one without workers
         return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                             persistent_workers=self.num_workers > 0)
+                             persistent_workers=self.num_workers > 0, multiprocessing_context=context)
 
     def train_dataloader(self) -> wds.WebLoader:
         """Training batches: ``epoch_batches`` per epoch on every rank."""

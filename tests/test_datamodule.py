@@ -227,6 +227,17 @@ def test_bad_samples_in_workers_reach_the_main_process(dataset, tmp_path):
     assert module.bad_sample_report().get("unreadable_video", 0) >= 1
 
 
+@pytest.mark.timeout(240)  # a forked worker deadlocks here, so a regression fails in minutes, not at the global timeout
+@pytest.mark.parametrize("start", [{}, {"multiprocessing_context": "spawn"}], ids=["default", "spawn"])
+def test_workers_start_after_this_process_decoded_a_video(dataset, start):
+    # Decoding leaves PyAV's per-thread swscale context (slice threads included) in this process;
+    # a forked worker inherits it without its threads and hangs converting its first frame.
+    assert sum(len(batch["key"]) for batch in make_module(dataset, val_samples=2).val_dataloader()) == 2
+    module = make_module(dataset, num_workers=2, **start)  # spawn: every pipeline stage pickles
+    batches = train_batches(module)
+    assert len(batches) == 3 and all(batch["video"].shape[0] == 2 for batch in batches)
+
+
 def test_missing_data_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m data.synthetic"):
         make_module(tmp_path / "absent").setup("fit")
@@ -267,6 +278,7 @@ def test_ddp_ranks_get_distinct_data(dataset, tmp_path):
     (dict(resolutions={64: 0.5, 40: 0.5}), "resolutions={64: 0.5, 40: 0.5}: resolutions must be positive multiples of 16"),
     (dict(frame_buckets=[5, 6]), r"frame_buckets=\[5, 6\]: must be a list of frame counts 1 \+ 4k"),
     (dict(reference="last"), "reference=last: must be one of random, first"),
+    (dict(multiprocessing_context="threads"), "multiprocessing_context='threads': must be a process start method of this platform"),
 ])
 def test_settings_that_cannot_work_are_rejected_naming_the_key(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -232,6 +232,7 @@ def test_interrupted_run_resumes_without_duplicates_or_half_shards(tmp_path):
     assert redo["video_clips"] == 12 and len(read_samples(out)) == 12
 
 
+@pytest.mark.timeout(240)  # workers forked after this process decoded a video deadlock: fail in minutes
 def test_workers_give_the_same_samples(tmp_path):
     videos = tmp_path / "videos"
     for i in range(3):
@@ -362,6 +363,7 @@ def test_pickles_cannot_run_code(tmp_path):
     (["pose=openpose"], "pose='openpose' is not one of sidecar, dwpose"),
     (["clip_frames=abc"], "clip_frames: Value 'abc'"),
     (["videos"], "videos: cannot parse it"),
+    (["multiprocessing_context=thread"], "multiprocessing_context='thread': must be a process start method of this platform"),
 ])
 def test_command_line_errors_are_one_line(tmp_path, capsys, arguments, message):
     with pytest.raises(SystemExit) as info:

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 from omegaconf import MISSING
 
+from data.processes import check_start_method
+
 GENERATOR_NAME = "data.prepare"
 GENERATOR_VERSION = 1
 STATE_NAME = "prepare_state.json"
@@ -64,6 +66,7 @@ class PrepareConfig:
     test_fraction: float = 0.05
     identity: str = "file"  # file | folder
     workers: int = 1
+    multiprocessing_context: str = "forkserver"  # how workers start: forkserver | spawn | fork (data.processes: fork can deadlock)
     samples_per_shard: int = 64
     overwrite: bool = False  # delete what an earlier run wrote and start over
     retry_skipped: bool = False  # process again sources an earlier run skipped
@@ -91,10 +94,11 @@ class PrepareConfig:
             raise ValueError(f"pairs_split={self.pairs_split!r} is not one of {', '.join(SPLITS)}")
         if self.workers < 1 or self.samples_per_shard < 1:
             raise ValueError("workers and samples_per_shard must be at least 1")
+        check_start_method("multiprocessing_context", self.multiprocessing_context)
 
     def settings(self) -> dict:
         """The settings that change the output (an earlier run with other settings needs overwrite=true)."""
-        skip = {"out", "workers", "overwrite", "retry_skipped", "progress"}
+        skip = {"out", "workers", "multiprocessing_context", "overwrite", "retry_skipped", "progress"}
         return {key: value for key, value in asdict(self).items() if key not in skip}
 
 

@@ -16,9 +16,9 @@ TextDetector = Callable[[np.ndarray], list[list[float]]]  # rgb frame -> [x0, y0
 class Models:
     """The pose model, the text detector and DeepFashion keypoint tables, each loaded on first use.
 
-    One object per run goes to every worker process (forked), where each loads its own copies.
+    One object per run goes to every worker process (pickled), where each loads its own copies.
     ``pose`` / ``ocr``: ready-made ones to use instead (anything with DWPose's ``video`` method /
-    a :data:`TextDetector`).
+    a :data:`TextDetector`), picklable when ``workers`` > 1.
     """
 
     def __init__(self, config: PrepareConfig, pose: Any = None, ocr: TextDetector | None = None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from data.prepare.config import PrepareConfig
 from data.prepare.models import Models
 from data.prepare.sources import Job, pair_jobs, video_jobs
 from data.prepare.state import FinishedShard, PrepareState, RunSummary, ShardEntry, load_state, remove_partial, save
+from data.processes import worker_context
 from data.shards import ShardWriter, bucket_of
 
 SUBSET_OF_KIND = {"video": "video", "pair": "images"}
@@ -77,11 +77,11 @@ def _run_in_worker(job: Job) -> Result:
 
 
 def results(jobs: list[Job], config: PrepareConfig, roots: dict[str, str], models: Models) -> Iterator[Result]:
-    """Results of ``jobs`` in order, from ``config.workers`` processes (``roots``: the folder of each job kind)."""
+    """Results of ``jobs`` in order, from ``config.workers`` processes started by ``config.multiprocessing_context`` (``roots``: the folder of each job kind)."""
     if config.workers <= 1:
         yield from (run_job(job, config, roots, models) for job in jobs)
         return
-    with multiprocessing.get_context("fork").Pool(config.workers, initializer=_start_worker, initargs=(config, roots, models)) as pool:
+    with worker_context(config.multiprocessing_context).Pool(config.workers, initializer=_start_worker, initargs=(config, roots, models)) as pool:
         yield from pool.imap(_run_in_worker, jobs, chunksize=1)
 
 
