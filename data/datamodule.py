@@ -41,6 +41,7 @@ import os
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -189,6 +190,17 @@ def collate_batch(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if name in batch:
             batch[name] = batch[name].float() / 127.5 - 1.0
     return batch
+
+
+@dataclass(frozen=True)
+class AspectBucket:
+    """A raw sample's image-group bucket: the size among ``sizes`` closest to its stored aspect ratio (None when unknown)."""
+
+    sizes: Sequence[tuple[int, int]]
+
+    def __call__(self, raw: dict) -> tuple[int, int] | None:
+        size = stored_size(raw)
+        return None if size is None else closest_size(*size, self.sizes)
 
 
 class BadSampleDeltas:
@@ -475,8 +487,7 @@ class AnimationDataModule(L.LightningDataModule):
 
     def aspect_bucket(self, raw: dict) -> tuple[int, int] | None:
         """The size of the first resolution closest to a raw sample's stored aspect ratio (its image group's bucket)."""
-        size = stored_size(raw)
-        return None if size is None else closest_size(*size, self.sampler.sizes[self.sampler.resolutions[0]])
+        return AspectBucket(self.sampler.sizes[self.sampler.resolutions[0]])(raw)
 
     def train_image_groups(self) -> ImageGroups | None:
         """One-to-All's K/6 image groups from the manifest's train image buckets; None when off or not countable."""
@@ -506,7 +517,8 @@ class AnimationDataModule(L.LightningDataModule):
             stages = [self.raw_samples(images, counter, resample_rank=rank), pair_images]
             groups = self.train_image_groups()
             if groups is not None:
-                stages.append(GroupedImageDraw(groups, self.aspect_bucket, seed=self.seed, rank=rank))
+                # a plain callable, not the bound method: workers unpickle the pipeline, and the datamodule holds the trainer
+                stages.append(GroupedImageDraw(groups, AspectBucket(self.sampler.sizes[self.sampler.resolutions[0]]), seed=self.seed, rank=rank))
             sources.append(wds.DataPipeline(*stages))
             weights.append(self.image_weight)
         batches_per_worker = math.ceil(self.epoch_batches / max(1, self.num_workers))

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tarfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -236,6 +237,17 @@ def test_workers_start_after_this_process_decoded_a_video(dataset, start):
     module = make_module(dataset, num_workers=2, **start)  # spawn: every pipeline stage pickles
     batches = train_batches(module)
     assert len(batches) == 3 and all(batch["video"].shape[0] == 2 for batch in batches)
+
+
+@pytest.mark.timeout(240)
+def test_workers_start_inside_a_fit_with_image_groups(dataset):
+    # In a fit the datamodule holds the trainer (generators, locks): no pipeline stage may reach it,
+    # or a worker started from the fork server cannot unpickle the pipeline.
+    module = make_module(dataset, num_workers=1, video_image_ratio=[6, 1])
+    module.trainer = SimpleNamespace(fit_loop=(step for step in range(3)))
+    assert module.train_image_groups() is not None
+    batches = train_batches(module)
+    assert len(batches) == 3
 
 
 def test_missing_data_gives_a_clear_error(tmp_path):
