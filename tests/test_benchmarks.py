@@ -154,3 +154,16 @@ def test_training_benchmark_counts_model_flops_linear_in_the_batch():
     assert one > 0 and two == 2 * one
     report = main(["conf=unianimate", "--steps", "1", "--warmup", "0"])
     assert report["scaled_down"] and report["mfu"] is None and report["clips_per_s"] > 0 and report["model_tflops_per_step"] > 0
+
+
+def test_fit_speed_reads_steps_per_second_from_real_fits(workdir, smoke_overrides, tmp_path, monkeypatch):
+    import json
+
+    from benchmarks.fit_speed import main
+
+    monkeypatch.setenv("ANIMATE_CACHE", str(tmp_path / "cache"))
+    overrides = [o for o in smoke_overrides(workdir) if not o.startswith(("trainer.max_steps", "hydra."))]
+    result = main(["conf=unianimate", *overrides, "--steps", "2", "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "speed.json")])
+    (row,) = result["versions"]
+    assert len(row["steps_per_sec"]) == 2 and all(rate > 0 for rate in row["steps_per_sec"]) and row["peak_rss_mb_max"] > 0
+    assert json.loads((tmp_path / "speed.json").read_text()) == result
