@@ -485,10 +485,6 @@ class AnimationDataModule(L.LightningDataModule):
             shards = wds.SimpleShardList(list(urls))
         return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=counter.handler))
 
-    def aspect_bucket(self, raw: dict) -> tuple[int, int] | None:
-        """The size of the first resolution closest to a raw sample's stored aspect ratio (its image group's bucket)."""
-        return AspectBucket(self.sampler.sizes[self.sampler.resolutions[0]])(raw)
-
     def train_image_groups(self) -> ImageGroups | None:
         """One-to-All's K/6 image groups from the manifest's train image buckets; None when off or not countable."""
         if not self.image_groups or self.root is None or self.urls["train"] is not None:
