@@ -167,3 +167,39 @@ def test_fit_speed_reads_steps_per_second_from_real_fits(workdir, smoke_override
     (row,) = result["versions"]
     assert len(row["steps_per_sec"]) == 2 and all(rate > 0 for rate in row["steps_per_sec"]) and row["peak_rss_mb_max"] > 0
     assert json.loads((tmp_path / "speed.json").read_text()) == result
+
+
+def test_learnability_scores_fit_transfer_and_the_swap_test(workdir, smoke_overrides, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.learnability import identity_of, main, swap_partners, with_reference_of
+
+    assert identity_of("test-puppet-s0-00056-clip03") == "test-puppet-s0-00056"
+    clips = [{"key": [key], "video": torch.zeros(1, 3, 5, 8, 8), "reference": torch.full((1, 3, 8, 8), float(i))}
+             for i, key in enumerate(["a-clip00", "a-clip01", "b-clip00", "a-clip02"])]
+    assert swap_partners(clips) == [2, 2, 0, 2]  # half the list away first, never the same identity
+    assert float(with_reference_of(clips[0], clips[2])["reference"].mean()) == 2.0
+
+    run = workdir / "run_frameprompt_learnability"
+    overrides = [o for o in smoke_overrides(workdir) if not o.startswith("data.synthetic.test_identities")]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    fitted = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=frameprompt", *overrides, "data.synthetic.test_identities=2",
+                             f"hydra.run.dir={run}"], cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    out = tmp_path / "learnability.json"
+    report = main([str(run / "last.ckpt"), "--clips", "2", "--times", "0.5", "0.9", "--generate", "1", "--out", str(out)])
+    assert report["method"] == "FramePrompt" and json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for model in ("trained", "untrained"):
+        for split in ("train", "test"):
+            person = report["errors"][model][split]["person"]
+            assert len(person) == 2 and all(value > 0 for value in person)
+        swap = report["swap_denoising"][model]
+        assert swap["clips"] >= 2 and math.isclose(swap["ratio"], swap["right"] / swap["swapped"])
+    # FramePrompt reads its reference in context from the start: another identity's reference changes its error
+    assert report["swap_denoising"]["untrained"]["right"] != report["swap_denoising"]["untrained"]["swapped"]
+    generated = report["swap_generated"]
+    assert generated["clips"] == 1 and generated["right"] > 0 and generated["swapped"] > 0 and generated["repeat_reference"] > 0
