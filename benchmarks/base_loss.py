@@ -42,7 +42,7 @@ def center_square(frames: np.ndarray) -> np.ndarray:
 def heldout_batch(clips: int) -> dict:
     """The first ``clips`` val clips of the default puppets as a T2V training batch (video in [-1, 1])."""
     config = SyntheticConfig()
-    frames = [center_square(make_clip(config, "val", identity, 0).frames[:FRAMES]) for identity in list(config.identities("val"))[:clips]]
+    frames = [center_square(make_clip(config, "val", index).frames[:FRAMES]) for index in range(min(clips, config.val_clips))]
     video = torch.stack([torch.from_numpy(f).float().div(127.5).sub(1).permute(3, 0, 1, 2) for f in frames])  # (B, 3, T, H, W)
     b, _, t, h, w = video.shape
     return {"video": video, "reference": video[:, :, 0], "loss_weight": torch.ones(b, 1 + (t - 1) // 4, h // 16, w // 16)}

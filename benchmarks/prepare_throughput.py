@@ -30,7 +30,7 @@ def make_videos(directory: Path, count: int, frames: int, size: int) -> None:
     config = SyntheticConfig(size=size, frames=frames, fps=12.0)
     directory.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        sample = make_clip(config, "train", index, 0)
+        sample = make_clip(config, "train", index)
         (directory / f"video{index:03d}.mp4").write_bytes(encode_video(sample.frames, 12.0))
         np.save(directory / f"video{index:03d}.pose.npy", sample.keypoints)
 

@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = SyntheticConfig()
-    first_test = config.train_identities + config.val_identities
     vaes = {path: VideoAutoencoder(load_vae(resolve_path(path))).eval() for path in args.vaes}
     rows: dict[str, list[list[float]]] = {name: [] for name in ["truth", "repeat_reference", *vaes]}
-    for identity in range(first_test, first_test + args.clips):
-        sample = make_clip(config, "test", identity, 0)
+    for index in range(args.clips):
+        sample = make_clip(config, "test", index)
         target = unit_frames(sample.frames[:FRAMES])
         mask = torch.from_numpy(sample.person_mask[:FRAMES])
         plate = unit_frames(sample.plate[None]).expand(FRAMES, -1, -1, -1)

@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = SyntheticConfig()
-    first_test = config.train_identities + config.val_identities
-    images = [unit_frames(make_clip(config, "test", i, 0).frames[REFERENCE_FRAME : REFERENCE_FRAME + 1])[0] for i in range(first_test, first_test + args.clips)]
+    images = [unit_frames(make_clip(config, "test", i).frames[REFERENCE_FRAME : REFERENCE_FRAME + 1])[0] for i in range(args.clips)]
     result = {}
     for path in args.vaes:
         vae = VideoAutoencoder(load_vae(resolve_path(path))).eval()

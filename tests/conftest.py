@@ -12,9 +12,9 @@ def _smoke_overrides(tmp: Path, steps: int = 2) -> list[str]:
         f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1",
         f"ckpt_every_n_steps={steps}", "logger=csv", "data.resolution=64", "data.frame_buckets=[5]",
         "data.batch_size=2", "data.num_workers=0", "data.val_samples=2", f"data.root={tmp}/data",
-        "data.synthetic.train_identities=2", "data.synthetic.val_identities=1", "data.synthetic.test_identities=1",
-        "data.synthetic.clips_per_identity=2", "data.synthetic.frames=9", "data.synthetic.size=64",
-        "data.synthetic.image_pairs_per_identity=1", "data.synthetic.long_clips=1", "data.synthetic.long_seconds=2",
+        "data.synthetic.train_clips=4", "data.synthetic.val_clips=2", "data.synthetic.test_clips=2",
+        "data.synthetic.train_pairs=2", "data.synthetic.val_pairs=1", "data.synthetic.test_pairs=1",
+        "data.synthetic.frames=9", "data.synthetic.size=64", "data.synthetic.long_clips=1", "data.synthetic.long_seconds=2",
         f"paths.cache={tmp}/cache", "method.sampler.steps=2",
         "callbacks.sample_videos.num_samples=1", f"backbone.vae.path={tmp}/vae",
     ]

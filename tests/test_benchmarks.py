@@ -21,7 +21,7 @@ def test_vae_probe_reports_psnr_per_window(tmp_path):
     from benchmarks.vae_probe import main
     from data.synthetic import SyntheticConfig, generate_dataset
 
-    config = SyntheticConfig(train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=5, size=64, image_pairs_per_identity=0, long_clips=0)
+    config = SyntheticConfig(train_clips=1, val_clips=0, test_clips=1, train_pairs=0, val_pairs=0, test_pairs=0, frames=5, size=64, long_clips=0)
     generate_dataset(tmp_path / "data", config, progress=False)
     results = main(["--lrs", "1e-3", "--steps", "3", "--batch", "2", "--side", "32", "--", f"dataset={tmp_path / 'data'}", "base_dim=4"])
     assert list(results) == ["0.001"] and len(results["0.001"]) == 1

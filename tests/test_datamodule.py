@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from data.datamodule import AnimationDataModule
 
-TINY = dict(train_identities=3, val_identities=2, test_identities=1, clips_per_identity=2, frames=17, size=64,
-            image_pairs_per_identity=1, samples_per_shard=2, long_clips=0)
+TINY = dict(seed=3, train_clips=6, val_clips=4, test_clips=2, train_pairs=3, val_pairs=2, test_pairs=1, frames=17, size=64,
+            samples_per_shard=2, long_clips=0)
 BATCH_KEYS = {"video", "pose", "reference", "reference_pose", "keypoints", "reference_keypoints", "loss_weight",
               "person_mask", "has_person_mask", "plate", "has_plate", "key", "cache_key"}
 
@@ -123,7 +123,7 @@ def test_validation_is_fixed_and_split_disjointly_over_ranks(dataset, monkeypatc
     module = make_module(dataset, val_samples=4)
     whole = [batch for batch in module.val_dataloader()]
     keys = [key for batch in whole for key in batch["key"]]
-    assert len(keys) == 4 and len(set(keys)) == 4 and all(key.startswith("val-") for key in keys)
+    assert len(keys) == 4 and len(set(keys)) == 4 and all(key.startswith("puppet-s3-val-") for key in keys)
     for batch in whole:
         assert batch["video"].shape[2] == 9  # largest frame bucket a 17-frame clip fills
         # evaluation reference: the last frame outside the window, never a frame to be generated
@@ -166,7 +166,7 @@ def test_heldout_image_pairs_reference_their_partner(dataset):
     partner = batch["cache_key"][1].split("|")[0]  # the partner's key@digest
     assert batch["cache_key"][0].endswith(f"|ref{partner}:0")
     test_keys = [key for batch in module.test_dataloader() for key in batch["key"]]
-    assert len(test_keys) == 2 and all(key.startswith("test-") and "-clip" in key for key in test_keys)
+    assert len(test_keys) == 2 and all(key.startswith("puppet-s3-test-") and key.endswith("-clip") for key in test_keys)
 
 
 def _corrupt_first_video(source, target):
@@ -211,7 +211,7 @@ def test_bad_shards_are_skipped_and_counted(dataset, tmp_path):
     module = make_module(val_urls=[good[0], truncated, corrupted], val_samples=100)
     batches = [module.on_before_batch_transfer(batch, 0) for batch in module.val_dataloader()]
     keys = [key for batch in batches for key in batch["key"]]
-    assert bad_key.endswith("clip00") and bad_key not in keys and bad_key.replace("clip00", "clip01") in keys
+    assert bad_key == "puppet-s3-val-c00002-clip" and bad_key not in keys and "puppet-s3-val-c00003-clip" in keys  # val shard 1: clips 2 and 3
     assert 3 <= len(keys) <= 4  # 2 good, 1 from the corrupted shard, 0 or 1 before the truncation
     report = module.bad_sample_report()
     assert report.get("unreadable_video") == 1 and report.get("truncated") == 1, report
@@ -236,7 +236,7 @@ def test_workers_start_after_this_process_decoded_a_video(dataset, start):
     assert sum(len(batch["key"]) for batch in make_module(dataset, val_samples=2).val_dataloader()) == 2
     module = make_module(dataset, num_workers=2, **start)  # spawn: every pipeline stage pickles
     batches = train_batches(module)
-    assert len(batches) == 3 and all(batch["video"].shape[0] == 2 for batch in batches)
+    assert len(batches) == 3 and all(1 <= batch["video"].shape[0] <= 2 for batch in batches)  # a bucket may leave early when many wait
 
 
 @pytest.mark.timeout(240)

@@ -20,7 +20,7 @@ CONFIG = SyntheticConfig(size=64, frames=9)
 @pytest.fixture(scope="module")
 def clips():
     """Two puppets of different proportions: (driving clip, reference clip)."""
-    return make_clip(CONFIG, "train", 0, 0), make_clip(CONFIG, "train", 1, 0)
+    return make_clip(CONFIG, "train", 0), make_clip(CONFIG, "train", 1)
 
 
 def random_pose(rng, frames=3):

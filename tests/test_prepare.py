@@ -27,9 +27,9 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_T
 SYNTH = SyntheticConfig(size=64, frames=9, fps=12.0)
 
 
-def write_clip(directory: Path, name: str, identity: int, frames: int = 9, clip: int = 0):
-    """A synthetic puppet clip as NAME.mp4 with its exact keypoints as NAME.pose.npy; returns the sample."""
-    sample = make_clip(SyntheticConfig(size=64, frames=frames, fps=12.0), "train", identity, clip)
+def write_clip(directory: Path, name: str, identity: int, frames: int = 9):
+    """A synthetic puppet clip (clip ``identity``, of its own identity) as NAME.mp4 with its exact keypoints as NAME.pose.npy; returns the sample."""
+    sample = make_clip(SyntheticConfig(size=64, frames=frames, fps=12.0), "train", identity)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.mp4").write_bytes(encode_video(sample.frames, 12.0))
     np.save(directory / f"{name}.pose.npy", sample.keypoints)
@@ -181,7 +181,7 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path):
 
 def test_odd_sizes_are_cut_to_even_with_exact_keypoints(tmp_path):
     videos = tmp_path / "videos"
-    sample = make_clip(SYNTH, "train", 0, 0)
+    sample = make_clip(SYNTH, "train", 0)
     folder = videos / "odd"
     folder.mkdir(parents=True)
     for index, frame in enumerate(sample.frames):
@@ -273,7 +273,7 @@ def test_image_pairs_become_paired_one_frame_samples(tmp_path):
     lines = ["from,to"]
     annotations = ["name:keypoints_y:keypoints_x"]
     for identity in range(2):
-        a, b = make_image_pair(SYNTH, "train", identity, 0)
+        a, b = make_image_pair(SYNTH, "train", identity)
         for tag, sample in (("a", a), ("b", b)):
             name = f"id{identity}_{tag}.png"
             Image.fromarray(sample.frames[0]).save(images / name)
@@ -304,7 +304,7 @@ def test_image_pairs_become_paired_one_frame_samples(tmp_path):
 
 
 def test_keypoint_formats_import_to_the_same_133_points(tmp_path):
-    sample = make_clip(SYNTH, "train", 0, 0)
+    sample = make_clip(SYNTH, "train", 0)
     kp = sample.keypoints  # (9, 133, 3)
     height, width = sample.frames.shape[1:3]
     np.save(tmp_path / "a134.npy", to_dwpose134(kp))

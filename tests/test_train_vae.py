@@ -20,15 +20,13 @@ SHIPPED_VAE = Path(animate.__file__).parent / "assets" / "tiny_wan_vae"
 SHIPPED_CLIP_PSNR = 21.61  # clip_psnr(load_vae(SHIPPED_VAE), *held_out_clip())
 SHIPPED_CLIP_PSNR_PERSON = 15.32
 TINY_DATA = SyntheticConfig(
-    train_identities=1, val_identities=0, test_identities=1, clips_per_identity=1, frames=EVAL_FRAMES, size=64, image_pairs_per_identity=1,
-    long_clips=0,
+    train_clips=1, val_clips=0, test_clips=1, train_pairs=1, val_pairs=0, test_pairs=1, frames=EVAL_FRAMES, size=64, long_clips=0,
 )
 
 
 def held_out_clip() -> tuple[np.ndarray, np.ndarray]:
-    """The first 17 frames and person mask of the first test identity's first default synthetic clip."""
-    config = SyntheticConfig()
-    sample = make_clip(config, "test", next(iter(config.identities("test"))), 0)
+    """The first 17 frames and person mask of the first default synthetic test clip."""
+    sample = make_clip(SyntheticConfig(), "test", 0)
     return sample.frames[:EVAL_FRAMES], sample.person_mask[:EVAL_FRAMES]
 
 

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.synthetic.identity import Identity
+from data.synthetic.identity import Identity, crown_height
+
+HEIGHT_FRACTION = (0.8, 1.0)  # a body unit (about a standing height) in frame heights
+HEADROOM = (0.03, 0.08)  # frame heights between the crown and the top edge at the largest zoom
 
 
 @dataclass
@@ -14,8 +17,8 @@ class Motion:
     """Per-channel sinusoids ``base + a1 sin(2 pi f t + p1) + a2 sin(4 pi f t + p2)`` plus framing and blinks."""
 
     channels: dict  # name -> (base, a1, a2, f, p1, p2)
-    height_fraction: float
-    ground: float  # fraction of the frame height
+    height_fraction: float  # a body unit in frame heights (before zoom)
+    ground: float  # where the soles stand, in frame heights (above 1: the feet are cut off)
     center: float  # fraction of the frame width
     blinks: np.ndarray  # blink start times in seconds
 
@@ -26,7 +29,11 @@ class Motion:
 
 
 def make_motion(identity: Identity, rng: np.random.Generator, duration: float) -> Motion:
-    """Clip motion: identity style with clip-specific tempo, phases and framing."""
+    """Clip motion: identity style with clip-specific tempo, phases and framing.
+
+    The camera is close: the body fills most of the frame height and the head keeps a small margin
+    under the top edge at the largest zoom, so tall people and big zooms lose their feet.
+    """
     s = identity.style
     tempo = rng.uniform(0.25, 0.55) * s["energy"]
 
@@ -37,6 +44,7 @@ def make_motion(identity: Identity, rng: np.random.Generator, duration: float) -
     lift_phase = rng.uniform(0, 2 * np.pi)
     lift = s["lift_amplitude"] * rng.uniform(0.5, 1.0)
     wide = rng.uniform() < 0.2
+    zoom = rng.uniform(0.0, 0.08)
     channels = {
         "arm_right": channel(s["arm_raise"] + rng.uniform(-0.1, 0.3), s["arm_amplitude"] * rng.uniform(0.7, 1.2), rng.uniform(0, 0.25)),
         "arm_left": channel(s["arm_raise"] + rng.uniform(-0.1, 0.3), s["arm_amplitude"] * rng.uniform(0.7, 1.2), rng.uniform(0, 0.25)),
@@ -56,15 +64,16 @@ def make_motion(identity: Identity, rng: np.random.Generator, duration: float) -
         "yaw": channel(rng.uniform(-0.15, 0.15), s["yaw_amplitude"] * rng.uniform(0.5, 1.0), ratio=rng.uniform(0.3, 1.0)),
         "roll": channel(0.0, rng.uniform(0.03, 0.15)),
         "mouth": channel(rng.uniform(0.0, 0.4), rng.uniform(0.2, 0.6), ratio=rng.uniform(1.0, 2.0)),
-        "x": (0.0, rng.uniform(0.25, 0.35) if wide else rng.uniform(0.04, 0.16), 0.0, rng.uniform(0.06, 0.2), rng.uniform(0, 2 * np.pi), 0.0),
-        "zoom": (1.0, rng.uniform(0.0, 0.1), 0.0, rng.uniform(0.05, 0.2), rng.uniform(0, 2 * np.pi), 0.0),
+        "x": (0.0, rng.uniform(0.15, 0.25) if wide else rng.uniform(0.03, 0.1), 0.0, rng.uniform(0.06, 0.2), rng.uniform(0, 2 * np.pi), 0.0),
+        "zoom": (1.0, zoom, 0.0, rng.uniform(0.05, 0.2), rng.uniform(0, 2 * np.pi), 0.0),
     }
     blink_count = rng.poisson(duration / 3.0)
+    height_fraction = rng.uniform(*HEIGHT_FRACTION)
     return Motion(
         channels=channels,
-        height_fraction=rng.uniform(0.7, 0.86),
-        ground=rng.uniform(0.9, 0.95),
-        center=rng.uniform(0.38, 0.62),
+        height_fraction=height_fraction,
+        ground=rng.uniform(*HEADROOM) + height_fraction * (1 + zoom) * crown_height(identity),
+        center=rng.uniform(0.42, 0.58),
         blinks=np.sort(rng.uniform(0, duration, blink_count)),
     )
 

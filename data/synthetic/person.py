@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from common.pose import layout
-from data.synthetic.identity import Identity
+from data.synthetic.identity import TEXTURES, Identity
 from data.synthetic.raster import Canvas, Fill, darker
 from data.synthetic.skeleton import BEHIND_TORSO, Skeleton, rotate
 
@@ -29,9 +29,10 @@ def _ellipse(center: np.ndarray, rx: float, ry: float, angle: float, vertices: i
     return center + rotate(np.stack([rx * np.cos(theta), ry * np.sin(theta)], axis=1), angle)
 
 
-def _cloth_fill(cloth: dict, origin: np.ndarray, angle: float, unit: float) -> Fill:
-    """Fill of a clothing part laid out from ``origin`` along ``angle``."""
-    return Fill(color=cloth["color"], cloth=cloth, origin=origin, angle=angle, unit=unit)
+def _cloth_fill(cloth: dict, origin: np.ndarray, angle: float, unit: float, side: int | None = None) -> Fill:
+    """Fill of a clothing part laid out from ``origin`` along ``angle``: its texture, or its colour (the left side of a split: the second)."""
+    color = cloth["color2"] if cloth["pattern"] == "split" and side == 1 else cloth["color"]
+    return Fill(color=color, cloth=cloth if cloth["pattern"] in TEXTURES else None, origin=origin, angle=angle, unit=unit)
 
 
 def _limb_angle(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,9 +47,9 @@ def _paint_arm(canvas: Canvas, idt: Identity, skel: Skeleton, side_index: int) -
     shoulder, elbow, wrist = (kp[layout.Body[f"{names}_{j}"], :2] for j in ("SHOULDER", "ELBOW", "WRIST"))
     radius = idt.arm_width * unit / 2
     skin = Fill(idt.skin)
-    sleeve = _cloth_fill(idt.shirt, shoulder, _limb_angle(shoulder, elbow), unit)
+    sleeve = _cloth_fill(idt.shirt, shoulder, _limb_angle(shoulder, elbow), unit, side_index)
     canvas.paint(_capsule(shoulder, elbow, radius * 1.1, radius), sleeve if idt.sleeves != "none" else skin)
-    forearm_fill = _cloth_fill(idt.shirt, elbow, _limb_angle(elbow, wrist), unit) if idt.sleeves == "long" else skin
+    forearm_fill = _cloth_fill(idt.shirt, elbow, _limb_angle(elbow, wrist), unit, side_index) if idt.sleeves == "long" else skin
     canvas.paint(_capsule(elbow, wrist, radius, radius * 0.8), forearm_fill)
     hand = kp[layout.RIGHT_HAND if side_index == 0 else layout.LEFT_HAND, :2]
     length = idt.hand * unit
@@ -67,8 +68,10 @@ def _paint_leg(canvas: Canvas, idt: Identity, skel: Skeleton, side_index: int) -
     names = ("RIGHT", "LEFT")[side_index]
     hip, knee, ankle = (kp[layout.Body[f"{names}_{j}"], :2] for j in ("HIP", "KNEE", "ANKLE"))
     radius = idt.leg_width * unit / 2
-    canvas.paint(_capsule(hip, knee, radius * 1.15, radius), _cloth_fill(idt.pants, hip, _limb_angle(hip, knee), unit))
-    shin_fill = _cloth_fill(idt.pants, knee, _limb_angle(knee, ankle), unit) if idt.long_pants else Fill(idt.skin)
+    canvas.paint(_capsule(hip, knee, radius * 1.15, radius), _cloth_fill(idt.pants, hip, _limb_angle(hip, knee), unit, side_index))
+    shin_fill = _cloth_fill(idt.pants, knee, _limb_angle(knee, ankle), unit, side_index) if idt.long_pants else Fill(idt.skin)
+    if idt.long_pants and idt.pants["pattern"] == "band":  # two-tone trousers: the lower legs in the second colour
+        shin_fill = Fill(idt.pants["color2"])
     canvas.paint(_capsule(knee, ankle, radius, radius * 0.8), shin_fill)
     start = layout.Foot.RIGHT_BIG_TOE if side_index == 0 else layout.Foot.LEFT_BIG_TOE
     big_toe, small_toe, heel = kp[start : start + 3, :2]
@@ -77,18 +80,42 @@ def _paint_leg(canvas: Canvas, idt: Identity, skel: Skeleton, side_index: int) -
     canvas.paint([("polygon", shoe), ("disc", (big_toe, r)), ("disc", (small_toe, r)), ("disc", (heel, r * 1.2))], Fill(idt.shoe_color))
 
 
+def _torso_half(idt: Identity) -> np.ndarray:
+    """The shirt's outline on the body's left (image right) ``(6, 2)``: (x, height above the pelvis) in body units, rising."""
+    sh, hh, h = idt.shoulder_half, idt.hip_half, idt.torso
+    return np.array([(hh + 0.025, -0.035), (hh + 0.015, 0.1), (sh * 0.85, h - 0.07), (sh + 0.02, h - 0.02), (sh * 0.6, h + 0.008), (0.05, h + 0.012)])
+
+
+def _body_pixels(skel: Skeleton, points: np.ndarray) -> np.ndarray:
+    """Torso-frame points ``(N, 2)`` (x right, y up, body units from the pelvis) -> pixels."""
+    up = np.array([math.sin(skel.tilt), -math.cos(skel.tilt)])
+    right = np.array([math.cos(skel.tilt), math.sin(skel.tilt)])
+    return skel.pelvis + (points[:, :1] * right + points[:, 1:] * up) * skel.unit
+
+
+def _mirrored(half: np.ndarray) -> np.ndarray:
+    """A closed outline from its left half (rising): the mirrored right half, then the left half falling."""
+    return np.concatenate([half * [-1, 1], half[::-1]])
+
+
 def _torso_shapes(idt: Identity, skel: Skeleton) -> tuple[list, list]:
     """Shirt polygon and the pants' waist band, in pixels."""
-    unit, tilt = skel.unit, skel.tilt
-    up = np.array([math.sin(tilt), -math.cos(tilt)])
-    right = np.array([math.cos(tilt), math.sin(tilt)])
-    sh, hh, h = idt.shoulder_half, idt.hip_half, idt.torso
-    half = [(hh + 0.025, -0.035), (hh + 0.015, 0.1), (sh * 0.85, h - 0.07), (sh + 0.02, h - 0.02), (sh * 0.6, h + 0.008), (0.05, h + 0.012)]
-    outline = [(-x, y) for x, y in half] + [(x, y) for x, y in reversed(half)]
-    shirt = np.array([skel.pelvis + (x * right + y * up) * unit for x, y in outline])
+    hh = idt.hip_half
     band = np.array([(-hh - 0.03, 0.05), (hh + 0.03, 0.05), (hh + 0.035, -0.05), (-hh - 0.035, -0.05)])
-    waist = np.array([skel.pelvis + (x * right + y * up) * unit for x, y in band])
-    return [("polygon", shirt)], [("polygon", waist)]
+    return [("polygon", _body_pixels(skel, _mirrored(_torso_half(idt))))], [("polygon", _body_pixels(skel, band))]
+
+
+def _shirt_accent(idt: Identity, skel: Skeleton) -> list:
+    """The flat shirt pattern's second colour: a wide horizontal band, or the left half (two-tone split); none when plain."""
+    half = _torso_half(idt)
+    if idt.shirt["pattern"] == "split":
+        return [("polygon", _body_pixels(skel, np.concatenate([[(0.0, half[0, 1])], half, [(0.0, half[-1, 1])]])))]
+    if idt.shirt["pattern"] != "band":
+        return []
+    low, high = (fraction * idt.torso for fraction in idt.shirt["band"])
+    inside = half[(half[:, 1] > low) & (half[:, 1] < high)]
+    edges = np.array([(np.interp(y, half[:, 1], half[:, 0]), y) for y in (low, high)])
+    return [("polygon", _body_pixels(skel, _mirrored(np.concatenate([edges[:1], inside, edges[1:]]))))]
 
 
 def _head_frame(skel: Skeleton, idt: Identity) -> Callable[[np.ndarray], np.ndarray]:
@@ -127,6 +154,19 @@ def _hair_shapes(idt: Identity, skel: Skeleton) -> tuple[list, list]:
             tangent = np.array([-base[1], base[0]])
             cap.append(("polygon", to_pixels([base * 0.95 + tangent * 0.25, base * 1.5, base * 0.95 - tangent * 0.25])))
     return back, cap
+
+
+def _paint_simple_face(canvas: Canvas, idt: Identity, skel: Skeleton) -> None:
+    """Two dark eye dots (none while blinking) and a filled mouth where the face landmarks are: no lines, so a 4x VAE keeps them."""
+    face, visible = skel.keypoints[layout.FACE, :2], skel.face_depth > 0
+    radius = 0.2 * idt.head_rx * skel.unit * canvas.ss
+    for part in (layout.FACE_RIGHT_EYE, layout.FACE_LEFT_EYE):
+        eye = face[part]
+        if visible[part].all() and np.linalg.norm(eye[1] - eye[5]) >= 0.2 * np.linalg.norm(eye[3] - eye[0]):
+            cx, cy = eye.mean(axis=0) * canvas.ss
+            canvas.draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(25, 18, 22))
+    if visible[layout.FACE_OUTER_LIPS].all():
+        canvas.draw.polygon(canvas.scaled(face[layout.FACE_OUTER_LIPS]), fill=darker(idt.lip_color, 0.7))
 
 
 def _paint_face(canvas: Canvas, idt: Identity, skel: Skeleton) -> None:
@@ -178,7 +218,7 @@ def _paint_head(canvas: Canvas, idt: Identity, skel: Skeleton, cap: list) -> Non
             canvas.paint([ear], skin)
     if cap:
         canvas.paint(cap, Fill(idt.hair_color))
-    _paint_face(canvas, idt, skel)
+    (_paint_face if idt.detailed else _paint_simple_face)(canvas, idt, skel)
 
 
 def render_person(canvas: Canvas, idt: Identity, skel: Skeleton, behind: tuple[bool, bool]) -> np.ndarray:
@@ -195,6 +235,9 @@ def render_person(canvas: Canvas, idt: Identity, skel: Skeleton, behind: tuple[b
     canvas.paint(_capsule(skel.neck, skel.head_center, neck_radius, neck_radius), Fill(idt.skin))
     shirt, waist = _torso_shapes(idt, skel)
     torso = canvas.paint(shirt, _cloth_fill(idt.shirt, skel.pelvis, skel.tilt, skel.unit))
+    accent = _shirt_accent(idt, skel)
+    if accent:
+        canvas.paint(accent, Fill(idt.shirt["color2"]))
     canvas.paint(waist, _cloth_fill(idt.pants, skel.pelvis, skel.tilt, skel.unit))
     for side_index in (0, 1):
         if not behind[side_index]:

@@ -18,7 +18,7 @@ def darker(color: tuple, factor: float = 0.55) -> tuple:
 
 @dataclass
 class Fill:
-    """A part's fill: a solid colour, or a cloth pattern laid out in a local frame (origin, angle, unit)."""
+    """A part's fill: a solid colour, or a cloth texture (stripes, dots, checks) laid out in a local frame (origin, angle, unit)."""
 
     color: tuple
     cloth: dict | None = None
@@ -30,9 +30,10 @@ class Fill:
 class Canvas:
     """Supersampled person layer: colour on black plus coverage; parts are pasted back to front."""
 
-    def __init__(self, height: int, width: int, supersample: int = SUPERSAMPLE):
-        """Black, empty canvases ``supersample`` times the output size."""
+    def __init__(self, height: int, width: int, supersample: int = SUPERSAMPLE, outlines: bool = True):
+        """Black, empty canvases ``supersample`` times the output size; ``outlines``: darken each part's rim."""
         self.ss = supersample
+        self.outlines = outlines
         self.size = (width * supersample, height * supersample)
         self.rgb = Image.new("RGB", self.size)
         self.alpha = Image.new("L", self.size)
@@ -84,12 +85,12 @@ class Canvas:
         if rasterised is None:
             return None
         box, mask = rasterised
-        if fill.cloth is not None and fill.cloth["pattern"] != "plain":
+        if fill.cloth is not None:
             self.rgb.paste(self._pattern(fill, box), box[:2], mask)
         else:
             self.rgb.paste(fill.color, box, mask)
         self.alpha.paste(255, box, mask)
-        if outline:
+        if outline and self.outlines:
             self.rgb.paste(darker(fill.color), box, mask.filter(ImageFilter.FIND_EDGES))  # the mask's inner rim
         return box, mask
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import functools
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data.shards import Sample
-from data.synthetic.config import GENERATOR_NAME, SyntheticConfig, seeded_rng
+from data.synthetic.config import BACKGROUND, GENERATOR_NAME, SCENE, SyntheticConfig, sample_rng
 from data.synthetic.identity import Identity, make_identity, random_color
 from data.synthetic.motion import Motion, make_motion, pose_at
 from data.synthetic.person import render_person
@@ -17,6 +18,7 @@ from data.synthetic.raster import Canvas
 from data.synthetic.skeleton import build_skeleton
 
 ASPECTS = {"square": (1, 1), "portrait": (3, 4), "landscape": (4, 3)}  # width : height
+ASPECT_SHARES = {"square": 0.4, "portrait": 0.45, "landscape": 0.15}  # mostly upright frames, as in dance videos
 TEXT_WORDS = ("DANCE", "LIVE", "NEW", "puppet", "challenge", "2024", "#fun", "HD", "subscribe", "step", "groove", "tutorial")
 
 
@@ -27,8 +29,32 @@ def frame_size(aspect: str, size: int) -> tuple[int, int]:
     return (size, long_side) if w > h else (long_side, size) if h > w else (size, size)
 
 
+def _muted_color(rng: np.random.Generator) -> np.ndarray:
+    """A low-saturation scene colour (RGB float), so that clothes stand out."""
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.08, 0.45), rng.uniform(0.35, 0.9))) * 255
+
+
+def flat_background(rng: np.random.Generator, height: int, width: int, ground: float) -> np.ndarray:
+    """A static low-frequency scene ``(H, W, 3)`` uint8: a smooth gradient, a few large soft blobs, maybe a floor."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(float)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = xs * np.cos(angle) + ys * np.sin(angle)
+    mix = ((along - along.min()) / max(np.ptp(along), 1.0))[..., None]
+    image = _muted_color(rng) * (1 - mix) + _muted_color(rng) * mix
+    scale = max(height, width)
+    for _ in range(rng.integers(2, 5)):
+        cy, cx, sigma = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.15, 0.35) * scale
+        weight = rng.uniform(0.4, 0.8) * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2))[..., None]
+        image = image * (1 - weight) + _muted_color(rng) * weight
+    if rng.uniform() < 0.6:
+        horizon = int(height * rng.uniform(0.55, min(ground, 0.95) - 0.05))
+        depth = ((ys[horizon:] - horizon) / max(height - horizon, 1))[..., None]
+        image[horizon:] = _muted_color(rng) * (0.8 + 0.2 * depth)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def make_background(rng: np.random.Generator, height: int, width: int, ground: float) -> np.ndarray:
-    """A static scene ``(H, W, 3)`` uint8: gradient, tiles, blotchy noise or wallpaper stripes, maybe a floor."""
+    """A static textured scene ``(H, W, 3)`` uint8: gradient, tiles, blotchy noise or wallpaper stripes, maybe a floor."""
     kind = rng.choice(["gradient", "tiles", "noise", "stripes"])
     top, bottom = np.array(random_color(rng, 20, 235), float), np.array(random_color(rng, 20, 235), float)
     ys, xs = np.mgrid[0:height, 0:width].astype(float)
@@ -48,7 +74,7 @@ def make_background(rng: np.random.Generator, height: int, width: int, ground: f
         stripe = ((xs // period) % 2)[..., None]
         image = top * (1 - stripe) + (top * 0.75 + bottom * 0.25) * stripe
     if rng.uniform() < 0.6:
-        horizon = int(height * rng.uniform(0.55, ground - 0.05))
+        horizon = int(height * rng.uniform(0.55, min(ground, 0.95) - 0.05))
         floor = np.array(random_color(rng, 20, 200), float)
         depth = ((ys[horizon:] - horizon) / max(height - horizon, 1))[..., None]
         image[horizon:] = floor * (0.75 + 0.25 * depth)
@@ -106,15 +132,12 @@ def render_frame(
     """One frame at time ``t``: image uint8 ``(H, W, 3)``, keypoints ``(133, 3)``, person mask bool ``(H, W)``."""
     height, width = background.shape[:2]
     skel = build_skeleton(idt, motion, pose_at(motion, t), height, width)
-    canvas = Canvas(height, width)
+    canvas = Canvas(height, width, outlines=idt.detailed)
     confidence = render_person(canvas, idt, skel, behind)
     frame, mask = canvas.composite(background)
     keypoints = skel.keypoints.copy()
     keypoints[:, 2] = np.where(_outside(keypoints[:, :2], height, width), 0.0, confidence)
     return frame, keypoints.astype(np.float32), mask
-
-
-_PURPOSE = {"video": 1, "images": 2, "long": 3}
 
 
 @dataclass
@@ -128,15 +151,15 @@ class _Scene:
     start: float
 
 
-def _scene(config: SyntheticConfig, idt: Identity, rng: np.random.Generator, duration: float) -> _Scene:
-    """Aspect, framing, motion, background, arm layering and text for one clip."""
-    aspect = str(rng.choice(list(ASPECTS)))
+def _scene(config: SyntheticConfig, idt: Identity, rng: np.random.Generator, backdrop: np.random.Generator, duration: float) -> _Scene:
+    """Aspect, framing, motion, arm layering and text for one clip from ``rng`` (the same in both styles), the background from ``backdrop``."""
+    aspect = str(rng.choice(list(ASPECT_SHARES), p=list(ASPECT_SHARES.values())))
     height, width = frame_size(aspect, config.size)
     motion = make_motion(idt, rng, duration + 30.0)
-    background = make_background(rng, height, width, motion.ground)
+    background = (flat_background if config.style == "flat" else make_background)(backdrop, height, width, motion.ground)
     behind = tuple(bool(b) for b in rng.uniform(size=2) < 0.25)
     text = make_text(rng, height, width)
-    with_text = rng.uniform() < config.text_fraction
+    with_text = rng.uniform() < config.text_share()
     return _Scene(motion=motion, background=background, behind=behind, text=text if with_text else None, start=float(rng.uniform(0, 30)))
 
 
@@ -169,29 +192,28 @@ def _meta(idt: Identity, split: str, kind: str, fps: float, frames: np.ndarray, 
     }
 
 
-def make_clip(config: SyntheticConfig, split: str, identity_index: int, clip_index: int, subset: str = "video") -> Sample:
-    """One video clip (``subset`` "video": ``config.frames`` frames; "long": ``long_seconds``)."""
-    idt = make_identity(config.seed, identity_index)
+def make_clip(config: SyntheticConfig, split: str, index: int, subset: str = "video") -> Sample:
+    """Clip ``index`` of a split, of its own identity (``subset`` "video": ``config.frames`` frames; "long": ``long_seconds``)."""
+    idt = make_identity(config, split, subset, index)
     count = config.frames if subset == "video" else max(1, int(round(config.long_seconds * config.fps)))
-    rng = seeded_rng(config.seed, identity_index, _PURPOSE[subset], clip_index)
-    scene = _scene(config, idt, rng, count / config.fps)
+    rng, backdrop = sample_rng(config, split, subset, index, SCENE), sample_rng(config, split, subset, index, BACKGROUND)
+    scene = _scene(config, idt, rng, backdrop, count / config.fps)
     frames, keypoints, masks, boxes = _render_times(idt, scene, scene.start + np.arange(count) / config.fps)
-    name = "clip" if subset == "video" else "long"
-    key = f"{split}-{idt.name}-{name}{clip_index:02d}"
+    key = f"{idt.name}-{'clip' if subset == 'video' else 'long'}"
     return Sample(key=key, frames=frames, keypoints=keypoints, meta=_meta(idt, split, "video", config.fps, frames, boxes), person_mask=masks,
                   plate=_plate(scene))
 
 
-def make_image_pair(config: SyntheticConfig, split: str, identity_index: int, pair_index: int) -> tuple[Sample, Sample]:
-    """Two images of one identity in different poses over the same background, each naming the other as ``pair``."""
-    idt = make_identity(config.seed, identity_index)
-    rng = seeded_rng(config.seed, identity_index, _PURPOSE["images"], pair_index)
-    scene = _scene(config, idt, rng, 30.0)
+def make_image_pair(config: SyntheticConfig, split: str, index: int) -> tuple[Sample, Sample]:
+    """Image pair ``index`` of a split: its own identity in two poses over one background, each image naming the other as ``pair``."""
+    idt = make_identity(config, split, "images", index)
+    rng, backdrop = sample_rng(config, split, "images", index, SCENE), sample_rng(config, split, "images", index, BACKGROUND)
+    scene = _scene(config, idt, rng, backdrop, 30.0)
     times = scene.start + np.array([0.0, rng.uniform(2.0, 20.0)])
-    keys = [f"{split}-{idt.name}-pair{pair_index:02d}-{tag}" for tag in ("a", "b")]
+    keys = [f"{idt.name}-{tag}" for tag in ("a", "b")]
     samples = []
-    for index, t in enumerate(times):
+    for which, t in enumerate(times):
         frames, keypoints, masks, boxes = _render_times(idt, scene, np.array([t]))
-        meta = _meta(idt, split, "image", config.fps, frames, boxes, pair=keys[1 - index])
-        samples.append(Sample(key=keys[index], frames=frames, keypoints=keypoints, meta=meta, person_mask=masks, plate=_plate(scene)))
+        meta = _meta(idt, split, "image", config.fps, frames, boxes, pair=keys[1 - which])
+        samples.append(Sample(key=keys[which], frames=frames, keypoints=keypoints, meta=meta, person_mask=masks, plate=_plate(scene)))
     return samples[0], samples[1]

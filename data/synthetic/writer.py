@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from data.shards import ShardWriter, bucket_of, encode_sample, read_manifest, write_manifest
 from data.synthetic.config import GENERATOR_NAME, GENERATOR_VERSION, SPLITS, SyntheticConfig
-from data.synthetic.identity import identity_name
+from data.synthetic.identity import identity_name, identity_split
 from data.synthetic.scene import make_clip, make_image_pair
 
 SUBSET_PREFIXES = {"video": "shard", "images": "images", "long": "long"}
@@ -21,32 +21,29 @@ DEFAULT_CONFIG = SyntheticConfig()  # the training configs' puppets (conf/data/s
 
 @dataclass(frozen=True)
 class _Job:
-    """One unit of generation work: a clip, an image pair or a long clip."""
+    """One unit of generation work, of its own identity: a clip, an image pair or a long clip."""
 
     split: str
     subset: str
-    identity_index: int
     index: int
 
 
+def _counts(config: SyntheticConfig, split: str) -> dict[str, int]:
+    """Jobs of each subset of a split."""
+    return {"video": config.clips(split), "images": config.pairs(split), "long": config.long_clips}
+
+
 def _jobs(config: SyntheticConfig) -> list[_Job]:
-    """All jobs in output order: split, then subset, then identity, then index."""
-    jobs = []
-    for split in SPLITS:
-        identities = list(config.identities(split))
-        jobs += [_Job(split, "video", i, c) for i in identities for c in range(config.clips_per_identity)]
-        jobs += [_Job(split, "images", i, p) for i in identities for p in range(config.image_pairs_per_identity)]
-        if identities:
-            jobs += [_Job(split, "long", identities[j % len(identities)], j) for j in range(config.long_clips)]
-    return jobs
+    """All jobs in output order: split, then subset, then index."""
+    return [_Job(split, subset, i) for split in SPLITS for subset, count in _counts(config, split).items() for i in range(count)]
 
 
 def _run_job(config: SyntheticConfig, job: _Job) -> list[dict]:
     """Render and encode one job -> webdataset dicts ready for a ShardWriter."""
     if job.subset == "images":
-        samples = make_image_pair(config, job.split, job.identity_index, job.index)
+        samples = make_image_pair(config, job.split, job.index)
     else:
-        samples = (make_clip(config, job.split, job.identity_index, job.index, job.subset),)
+        samples = (make_clip(config, job.split, job.index, job.subset),)
     return [encode_sample(sample) for sample in samples]
 
 
@@ -82,7 +79,8 @@ def generate_dataset(out: str | Path, config: SyntheticConfig = DEFAULT_CONFIG, 
     _remove_old_shards(out)
     jobs = _jobs(config)
     splits = {
-        split: {"identities": [identity_name(config.seed, i) for i in config.identities(split)], **{subset: {"shards": [], "samples": 0} for subset in SUBSET_PREFIXES},
+        split: {"identities": [identity_name(config.seed, split, subset, i) for subset, count in _counts(config, split).items() for i in range(count)],
+                **{subset: {"shards": [], "samples": 0} for subset in SUBSET_PREFIXES},
                 "buckets": {subset: {} for subset in SUBSET_PREFIXES}}
         for split in SPLITS
     }
@@ -98,7 +96,8 @@ def generate_dataset(out: str | Path, config: SyntheticConfig = DEFAULT_CONFIG, 
                     splits[split][subset]["samples"] += len(encoded)
                     bar.update()
             splits[split][subset]["shards"] = [str(path.relative_to(out)) for path in writer.paths]
-    manifest = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": config.seed, "config": asdict(config), "splits": splits}
+    manifest = {"generator": GENERATOR_NAME, "version": GENERATOR_VERSION, "seed": config.seed, "config": asdict(config),
+                "identity_split": identity_split(), "splits": splits}
     write_manifest(out, manifest)
     return manifest
 
