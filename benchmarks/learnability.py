@@ -42,8 +42,8 @@ DEFAULT_TIMES = (0.3, 0.6, 0.9)
 
 
 def identity_of(key: str) -> str:
-    """The identity part of a sample key (``test-puppet-s0-00056-clip03`` -> ``test-puppet-s0-00056``)."""
-    return re.sub(r"-(clip|long|pair)\d+.*$", "", key)
+    """The identity part of a sample key (``puppet-s0-test-c00012-clip`` -> ``puppet-s0-test-c00012``; also ``...-clip03``, ``...-pair00-a``)."""
+    return re.sub(r"-(?:clip|long)\d*$|-(?:pair\d+-)?[ab]$", "", key)
 
 
 def heldout_clips(run_cfg, split: str, count: int) -> list[dict]:

@@ -178,16 +178,16 @@ def test_learnability_scores_fit_transfer_and_the_swap_test(workdir, smoke_overr
 
     from benchmarks.learnability import identity_of, main, swap_partners, with_reference_of
 
-    assert identity_of("test-puppet-s0-00056-clip03") == "test-puppet-s0-00056"
+    assert identity_of("puppet-s0-test-c00012-clip") == identity_of("puppet-s0-test-c00012-long") == "puppet-s0-test-c00012"
+    assert identity_of("test-puppet-s0-00056-clip03") == identity_of("test-puppet-s0-00056-pair00-b") == "test-puppet-s0-00056"
     clips = [{"key": [key], "video": torch.zeros(1, 3, 5, 8, 8), "reference": torch.full((1, 3, 8, 8), float(i))}
              for i, key in enumerate(["a-clip00", "a-clip01", "b-clip00", "a-clip02"])]
     assert swap_partners(clips) == [2, 2, 0, 2]  # half the list away first, never the same identity
     assert float(with_reference_of(clips[0], clips[2])["reference"].mean()) == 2.0
 
     run = workdir / "run_frameprompt_learnability"
-    overrides = [o for o in smoke_overrides(workdir) if not o.startswith("data.synthetic.test_identities")]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    fitted = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=frameprompt", *overrides, "data.synthetic.test_identities=2",
+    fitted = subprocess.run([sys.executable, "-m", "experiments.fit", "conf=frameprompt", *smoke_overrides(workdir),
                              f"hydra.run.dir={run}"], cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     out = tmp_path / "learnability.json"
