@@ -10,6 +10,12 @@ plain Wan transformer.
 trained on: ``layout=diffusers`` for ``WanPipeline.load_lora_weights`` (``out=DIR`` writes
 ``DIR/pytorch_lora_weights.safetensors``, the name diffusers looks for), ``layout=comfyui`` for
 ComfyUI's LoRA loader (original Wan names with ``.alpha``; diffusers reads it too).
+
+``what=checkpoint``: a compact run checkpoint to share or ship (``out=FILE.ckpt``): the weights the
+run trained (what differs from its base, as a run's checkpoint holds them) cast to ``dtype``, its
+run config with this machine's cache and run paths made portable again, and its step; no
+optimizer state. ``experiments.generate ckpt=FILE`` (or ``ckpt=asset:NAME`` for one shipped in
+``animate/assets``) generates from it as from the run's own checkpoint.
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ from animate.lora import LORA_LAYOUTS, has_lora, lora_metadata, lora_state_dict,
 from animate.weights import kept_in_float32, save_diffusers, save_original_layout
 from common.files import atomic_path, atomic_write_json
 from experiments.cli import UsageError, run
-from experiments.prediction import load_run
+from experiments.prediction import load_run, read_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-LAYOUTS = {"merged": ("diffusers", "original"), "lora": LORA_LAYOUTS}  # what -> the layouts it is written in
+LAYOUTS = {"merged": ("diffusers", "original"), "lora": LORA_LAYOUTS, "checkpoint": ("lightning",)}  # what -> the layouts it is written in
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights(DIR) picks
 TRANSFORMER_PREFIX = "backbone.transformer."
 
@@ -61,6 +67,8 @@ def export(cfg: DictConfig) -> Path:
         raise UsageError(f"dtype={cfg.dtype}: use one of {', '.join(DTYPES)}")
     if cfg.what not in LAYOUTS:
         raise UsageError(f"what={cfg.what}: use one of {', '.join(LAYOUTS)}")
+    if cfg.what == "checkpoint":
+        return export_checkpoint(cfg, Path(cfg.out))
     if cfg.layout not in LAYOUTS[cfg.what]:
         hint = " (comfyui is the original Wan layout of a LoRA)" if cfg.what == "lora" and cfg.layout == "original" else ""
         raise UsageError(f"layout={cfg.layout} with what={cfg.what}: use one of {', '.join(LAYOUTS[cfg.what])}{hint}")
@@ -74,6 +82,45 @@ def export(cfg: DictConfig) -> Path:
     atomic_write_json(prediction_file(written), {"prediction": system.backbone.prediction})
     print(f"wrote the transformer of {cfg.ckpt} (step {checkpoint.get('global_step')}) to {written} as {cfg.layout} {cfg.dtype}")
     return written
+
+
+def portable_config(run_config: dict) -> dict:
+    """``run_config`` with the paths under its cache and run directories written relative to them again (resolved at load time)."""
+    paths = run_config.get("paths", {})
+    prefixes = [(str(paths[key]).rstrip("/"), f"${{paths.{key}}}") for key in ("run_dir", "cache") if paths.get(key)]
+
+    def portable(value):
+        """One config value with machine paths replaced."""
+        if isinstance(value, dict):
+            return {key: portable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [portable(item) for item in value]
+        if isinstance(value, str):
+            for prefix, reference in prefixes:
+                if value == prefix or value.startswith(prefix + "/"):
+                    return reference + value[len(prefix):]
+        return value
+
+    config = portable({key: value for key, value in run_config.items() if key != "paths"})
+    return config | {"paths": {"cache": "${oc.env:ANIMATE_CACHE,.cache}", "run_dir": "."}}
+
+
+def export_checkpoint(cfg: DictConfig, out: Path) -> Path:
+    """Write the run's trained weights in ``cfg.dtype``, its portable run config and step to ``out``, atomically; returns ``out``."""
+    if out.suffix != ".ckpt":
+        raise UsageError(f"out={cfg.out}: what=checkpoint writes one file, name it FILE.ckpt")
+    checkpoint = read_checkpoint(resolve_checkpoint(cfg.ckpt))
+    if not checkpoint.get("run_config"):
+        raise UsageError(f"ckpt={cfg.ckpt}: no run_config inside (not written by experiments.fit)")
+    dtype = DTYPES[cfg.dtype]
+    state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in checkpoint["state_dict"].items()}
+    compact = {"state_dict": state, "run_config": portable_config(checkpoint["run_config"]), "global_step": checkpoint.get("global_step"),
+               "exported_from": str(cfg.ckpt)}
+    with atomic_path(out) as tmp:
+        torch.save(compact, tmp)
+    size = out.stat().st_size / 2**20
+    print(f"wrote the trained weights of {cfg.ckpt} (step {checkpoint.get('global_step')}, {len(state)} tensors, {size:.1f} MiB) to {out} as {cfg.dtype}")
+    return out
 
 
 def lora_file(out: str) -> Path:

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 
+from animate.backbone import resolve_path
 from animate.callbacks import ClipWriter
 from animate.methods.base import AnimationSystem
 from animate.methods.text_to_video import TextToVideo
@@ -46,9 +47,17 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint | {"state_dict": checkpoint.pop("module")}
 
 
+def resolve_checkpoint(ckpt_path: str) -> Path:
+    """A checkpoint path; ``asset:NAME`` is a checkpoint shipped in ``animate/assets`` (``NAME`` or ``NAME.ckpt``)."""
+    if not str(ckpt_path).startswith("asset:"):
+        return Path(ckpt_path)
+    path = resolve_path(str(ckpt_path))
+    return path if path.exists() or path.suffix == ".ckpt" else path.with_suffix(".ckpt")
+
+
 def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
-    """The trained system of a checkpoint, its run config, and the raw checkpoint."""
-    path = Path(ckpt_path)
+    """The trained system of a checkpoint (a path, or ``asset:NAME``), its run config, and the raw checkpoint."""
+    path = resolve_checkpoint(ckpt_path)
     if not path.exists():
         raise UsageError(f"ckpt={ckpt_path}: no such checkpoint file")
     checkpoint = read_checkpoint(path)

@@ -189,6 +189,33 @@ def test_export_writes_the_trained_transformer_for_both_weight_layouts(workdir):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: dtype=int8: use one of float16, bfloat16, float32"
 
 
+def test_a_compact_checkpoint_holds_the_trained_weights_and_a_portable_config(workdir):
+    from experiments.prediction import load_run, read_checkpoint
+
+    run = workdir / "run_unianimate"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the unianimate smoke run")
+    out = workdir / "compact" / "unianimate.ckpt"
+    result = subprocess.run([sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", "what=checkpoint", f"out={out}"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    full, compact = read_checkpoint(run / "last.ckpt"), read_checkpoint(out)
+    assert set(compact) == {"state_dict", "run_config", "global_step", "exported_from"} and compact["global_step"] == full["global_step"]
+    assert compact["state_dict"].keys() == full["state_dict"].keys()  # what the run trained, nothing of the frozen base
+    assert all(v.dtype == torch.float16 for v in compact["state_dict"].values() if v.is_floating_point())
+    assert out.stat().st_size < 0.5 * (run / "last.ckpt").stat().st_size  # no optimizer state, half precision
+    dumped = json.dumps(compact["run_config"])  # the cache and run directories of this machine are interpolations again
+    assert str(workdir / "cache") not in dumped and str(run) not in dumped and "${paths.cache}/latents" in dumped
+    trained, _, _ = load_run(str(run / "last.ckpt"))
+    restored, cfg, _ = load_run(str(out))
+    assert cfg.paths.cache == os.environ.get("ANIMATE_CACHE", ".cache")
+    for key, value in full["state_dict"].items():
+        assert torch.equal(restored.state_dict()[key], value.to(torch.float16).to(value.dtype)), key
+    bad = subprocess.run([sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", "what=checkpoint", "out=x.pt"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert bad.returncode == 2 and "name it FILE.ckpt" in bad.stderr
+
+
 def test_no_logger_trains(workdir, smoke_overrides):
     run = workdir / "run_no_logger"
     result = fit(["conf=frameprompt", *smoke_overrides(workdir), "logger=none", "callbacks.sample_videos.every_n_steps=0", f"hydra.run.dir={run}"])
