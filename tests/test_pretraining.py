@@ -1,5 +1,6 @@
 """The base recipes: per-frame noise levels in T2V pretraining (conf=base) and the tiny I2V base (conf=base_i2v)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+import animate
+from animate.methods.base import reference_clip_pixels
+from animate.methods.image_to_video import FIRST_FRAME_CLIP, ImageToVideo
 from animate.methods.text_to_video import HELD_FRAMES, OWN_TIMES, TextToVideo, draw_frame_noise
+from animate.methods.unianimate import UniAnimate
+from common.cli import compose_config
 
 from tiny_systems import ADAMW, fake_batch, text_to_video, tiny_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(animate.__file__).parent / "assets"
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 TIMES = dict(mode="logit_normal", mean=0.0, std=1.0, shift=1.0)
 DRAWS = 20_000  # samples per statistical check: a share's standard error is at most 0.0035
@@ -117,7 +125,6 @@ def test_the_base_recipe_sets_frame_noise_and_the_method_file_keeps_the_plain_ob
     from omegaconf import OmegaConf
 
     from animate.methods.text_to_video import FRAME_NOISE_DEFAULTS
-    from common.cli import compose_config
 
     method = OmegaConf.load(ROOT / "conf" / "method" / "text_to_video.yaml")["method"]
     assert OmegaConf.to_container(method.frame_noise) == FRAME_NOISE_DEFAULTS
@@ -125,15 +132,127 @@ def test_the_base_recipe_sets_frame_noise_and_the_method_file_keeps_the_plain_ob
     assert recipe.independent + recipe.clean < 1 and recipe.clean_frames == "prefix"
 
 
+# ----- the I2V base --------------------------------------------------------------------------------------
+def image_to_video(**kw) -> ImageToVideo:
+    """A tiny I2V base (36 input channels, no CFG)."""
+    return ImageToVideo(tiny_backbone(36), ADAMW, **(dict(sampler=dict(steps=2, guidance=[1.0])) | kw))
+
+
+def first_frame_batch(batch: dict) -> dict:
+    """``batch`` with the clip's first frame as its reference, as UniAnimate would have to be given it."""
+    return batch | {"reference": batch["video"][:, :, 0]}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_i2v_sequence_is_unianimates_i2v_layout_of_the_first_frame(training):
+    i2v, uni = image_to_video(), UniAnimate(tiny_backbone(36), ADAMW, reference_latent="i2v", reference_pose_encoder=False)
+    batch = fake_batch()
+    drops = {"image": torch.tensor([False, True])}  # the second sample's image dropped: UniAnimate's reference drop
+    prepared = i2v.prepare_batch(batch, augment=False)
+    seq = i2v.sequence(prepared, i2v.encode(prepared, i2v.latent_inputs(training)), drops, training)
+    other = first_frame_batch(batch)
+    expected = uni.build_sequence(other, uni.encode(other, uni.latent_inputs(training)), {"reference": drops["image"], "pose": torch.tensor([True, True])}, training)
+    assert seq.target == expected.target and torch.equal(seq.generate, expected.generate) and seq.generate.all()  # frame 0 generated too
+    for name in ("clean", "loss_weight", "channel_cond"):
+        torch.testing.assert_close(getattr(seq, name), getattr(expected, name))
+    assert seq.channel_cond.shape[1] == 4 + 16 and (seq.channel_cond[0, :4, 0] == 1).all() and not seq.channel_cond[0, :4, 1:].any()
+    assert not seq.channel_cond[1].any() and not seq.injections and seq.image_context is None  # dropped: the mask too; no image tokens
+
+
+def test_i2v_animates_the_clips_first_frame_not_the_datamodules_reference():
+    system = image_to_video().eval()
+    with torch.no_grad():  # the widened channels start at zero, which would hide the image
+        torch.nn.init.normal_(system.backbone.transformer.patch_embedding.weight[:, 16:], std=0.5)
+    batch = fake_batch()
+    video = system.generate(batch, seed=3)
+    later = batch["video"].clone()
+    later[:, :, 1:] = 0  # the rest of the clip and the reference are not read
+    assert torch.equal(system.generate(batch | {"video": later, "reference": torch.zeros_like(batch["reference"])}, seed=3), video)
+    first = batch["video"].clone()
+    first[:, :, 0] = 0
+    assert not torch.equal(system.generate(batch | {"video": first}, seed=3), video)
+    own = {k: v for k, v in batch.items() if k != "video"} | {"reference": batch["video"][:, :, 0]}  # your own image, no clip
+    assert torch.equal(system.generate(own, seed=3), video)
+
+
+def test_i2v_latents_are_cached_apart_from_unianimates_reference_latents(tmp_path):
+    batch = fake_batch()  # one cache key per clip, shared by every method
+    i2v = image_to_video(latent_cache=str(tmp_path))
+    uni = UniAnimate(tiny_backbone(36), ADAMW, reference_latent="i2v", latent_cache=str(tmp_path))
+    prepared = i2v.prepare_batch(batch, augment=False)
+    first = i2v.encode(prepared, i2v.latent_inputs(training=False))[FIRST_FRAME_CLIP]
+    reference = uni.encode(batch, uni.latent_inputs(training=False))["reference_clip"]  # after the I2V entries exist
+    torch.testing.assert_close(reference, uni.backbone.vae.encode(reference_clip_pixels(batch)))  # its own reference, not the first frame
+    torch.testing.assert_close(first, i2v.backbone.vae.encode(reference_clip_pixels(first_frame_batch(batch))))
+    assert not torch.allclose(first, reference) and i2v.latent_cache.misses == uni.latent_cache.misses == 2
+    assert torch.equal(i2v.encode(prepared, i2v.latent_inputs(training=False))[FIRST_FRAME_CLIP], first) and i2v.latent_cache.hits == 2
+    assert i2v.prepare_batch({k: v for k, v in batch.items() if k != "video"}, augment=False)["cache_key"] is None  # your own image: uncached
+
+
+def test_i2v_trains_every_frame_and_refuses_a_backbone_without_i2v_channels():
+    system = image_to_video(condition_dropout=dict(image=0.1))
+    loss = system.loss(fake_batch())
+    loss.backward()
+    assert torch.isfinite(loss) and system.backbone.transformer.patch_embedding.weight.grad[:, 16:].abs().sum() > 0
+    with pytest.raises(ValueError, match="in_channels = 36"):
+        ImageToVideo(tiny_backbone(16), ADAMW)
+    with pytest.raises(ValueError, match="unknown to ImageToVideo"):
+        image_to_video(condition_dropout=dict(reference=0.1))
+
+
+def test_the_i2v_recipe_widens_the_shipped_t2v_base_with_zero_initialised_channels():
+    from animate.weights import load_transformer
+
+    base = load_transformer(ASSETS / "tiny_wan_t2v").patch_embedding.weight
+    cfg = compose_config("base_i2v")
+    widened = instantiate(cfg.backbone).transformer.patch_embedding.weight  # (D, 36, 1, 4, 4)
+    assert cfg.backbone.transformer.path == "asset:tiny_wan_t2v" and cfg.method.condition_dropout.image == 0.1
+    assert widened.shape[1] == 36 and torch.equal(widened[:, :16], base) and not widened[:, 16:].any()
+
+
 # ----- the recipes as a user runs them ---------------------------------------------------------------
-def fit(args: list[str]) -> subprocess.CompletedProcess:
-    """``python -m experiments.fit ARGS`` from the repository root."""
-    return subprocess.run([sys.executable, "-m", "experiments.fit", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def fast_dev_fit(workdir, smoke_overrides):
+    """``fast_dev_fit(conf)``: ``python -m experiments.fit conf=CONF trainer.fast_dev_run=true`` on the tiny data, once per module; (result, run dir)."""
+    runs = {}
+
+    def fit(conf: str) -> tuple[subprocess.CompletedProcess, Path]:
+        if conf not in runs:
+            run = workdir / f"fast_dev_{conf}"
+            command = [sys.executable, "-m", "experiments.fit", f"conf={conf}", *smoke_overrides(workdir), "trainer.fast_dev_run=true", f"hydra.run.dir={run}"]
+            runs[conf] = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600), run
+        return runs[conf]
+
+    return fit
 
 
-@pytest.mark.parametrize("conf", ["base"])
-def test_the_base_recipes_run_one_fast_dev_step(conf, workdir, smoke_overrides):
-    run = workdir / f"run_{conf}"
-    result = fit([f"conf={conf}", *smoke_overrides(workdir), "trainer.fast_dev_run=true", f"hydra.run.dir={run}"])
+@pytest.mark.parametrize("conf", ["base", "base_i2v"])
+def test_the_base_recipes_run_one_fast_dev_step(conf, fast_dev_fit):
+    result, run = fast_dev_fit(conf)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (run / "last.ckpt").exists() and "`Trainer.fit` stopped: `max_steps=1` reached." in result.stderr + result.stdout
+    assert "`Trainer.fit` stopped: `max_steps=1` reached." in result.stderr + result.stdout
+    assert (run / "last.ckpt").exists() and not (run / "checkpoints").exists()  # fast_dev_run: no step checkpoints
+
+
+def test_an_exported_i2v_base_loads_with_its_36_channels_and_unianimate_builds_on_it_unwidened(fast_dev_fit, workdir):
+    from experiments.prediction import base_system, load_run
+
+    result, run = fast_dev_fit("base_i2v")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workdir / "tiny_wan_i2v"
+    export = subprocess.run([sys.executable, "-m", "experiments.export", f"ckpt={run / 'last.ckpt'}", f"out={out}"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["in_channels"] == 36
+    trained = load_run(str(run / "last.ckpt"))[0].backbone.transformer.patch_embedding.weight
+    overrides = [f"backbone.transformer.path={out}", f"backbone.vae.path={workdir / 'vae'}"]
+    plain = compose_config("fit", ["backbone=tiny_i2v", "method=text_to_video", *overrides])  # no method widens it
+    assert plain.backbone.transformer.in_channels is None
+    loaded = instantiate(plain.backbone)
+    assert loaded.in_channels == 36 and "patch_embedding.weight" in loaded.pretrained  # as stored, not widened
+    torch.testing.assert_close(loaded.transformer.patch_embedding.weight, trained.detach().half().float())
+    cfg = compose_config("unianimate", ["backbone=tiny_i2v", "method.reference_latent=i2v", *overrides, f"paths.cache={workdir / 'cache'}"])
+    system = instantiate(cfg.method)
+    assert isinstance(system, UniAnimate) and system.backbone.in_channels == 36 and "patch_embedding.weight" in system.backbone.pretrained
+    torch.testing.assert_close(system.backbone.transformer.patch_embedding.weight, loaded.transformer.patch_embedding.weight)
+    assert isinstance(base_system(cfg), ImageToVideo)  # experiments.generate's base model: the I2V base it is
