@@ -34,7 +34,7 @@ MODELS = ("trained", "untrained", "base", "repeat_reference")  # the method, the
 LOWER_IS_BETTER = ("lpips", "fid", "fvd", "vmae", "v_mae")
 MIN_SEEDS = 3  # a verdict needs at least this many seeds paired (issue 12); fewer give "not enough seeds"
 METHOD_NAMES = {"UniAnimate": "UniAnimate-DiT", "FramePrompt": "FramePrompt", "OneToAll": "One-to-All", "EverAnimate": "EverAnimate",
-                "TextToVideo": "text-to-video base"}
+                "TextToVideo": "text-to-video base", "ImageToVideo": "image-to-video base"}
 
 
 def runs_source(default: str) -> str:

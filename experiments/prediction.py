@@ -5,8 +5,8 @@ the trainer config (precision such as bf16-mixed, accelerator, devices, strategy
 generation as it does to training, and several devices split the clips. A model is the trained
 checkpoint, the same system untrained (its initial weights: for a method whose additions start at
 zero, such as UniAnimate's, exactly the pretrained base), the pretrained ``base`` transformer
-without fine-tuning, generating unconditionally as the text-to-video model it is, or the
-``repeat_reference`` baseline.
+without fine-tuning, generating as the model it is (unconditionally as a text-to-video base, from
+each clip's first frame as an I2V base), or the ``repeat_reference`` baseline.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from animate.backbone import resolve_path
 from animate.callbacks import ClipWriter
-from animate.methods.base import AnimationSystem
+from animate.methods.base import I2V_MASK_CHANNELS, AnimationSystem
+from animate.methods.image_to_video import ImageToVideo
 from animate.methods.text_to_video import TextToVideo
 from animate.parallel import context_parallel_degree
 from animate.rollout import RolloutConfig, rollout_config
@@ -82,12 +83,15 @@ def has_pretrained_base(run_cfg: DictConfig) -> bool:
 
 
 def base_system(run_cfg: DictConfig) -> AnimationSystem:
-    """The run's pretrained transformer without fine-tuning, as the text-to-video model it is (no conditions)."""
+    """The run's pretrained transformer without fine-tuning, as the model it is: text-to-video, or an I2V base animating each clip's first frame."""
     if not has_pretrained_base(run_cfg):
         raise UsageError("model base: the run trained a randomly initialised transformer (backbone.transformer.path is null)")
     backbone_cfg = OmegaConf.merge(run_cfg.backbone, {"transformer": {"in_channels": None}})  # the base's own patch embedding
-    sampler = OmegaConf.to_container(run_cfg.method.sampler, resolve=True) | {"guidance": []}
-    return TextToVideo(instantiate(backbone_cfg), optimizer=None, sampler=sampler).eval()
+    sampler = OmegaConf.to_container(run_cfg.method.sampler, resolve=True)
+    backbone = instantiate(backbone_cfg)
+    if backbone.in_channels == 2 * backbone.latent_channels + I2V_MASK_CHANNELS and not backbone.takes_image_tokens:  # conf=base_i2v's export
+        return ImageToVideo(backbone, optimizer=None, sampler=sampler | {"guidance": [1.0]}).eval()
+    return TextToVideo(backbone, optimizer=None, sampler=sampler | {"guidance": []}).eval()
 
 
 class HeldoutClips(IterableDataset):

@@ -9,9 +9,8 @@ from torch import nn
 
 from animate.backbone import PackedInput
 from animate.flow import guided_velocity
-from animate.methods.base import FlowPair, LatentSequence
+from animate.methods.base import FlowPair, LatentSequence, first_frame_mask
 from animate.methods.frameprompt import FramePrompt
-from animate.methods.unianimate import first_frame_mask
 from animate.modules.hrfa import install_hrfa
 
 from tiny_systems import ADAMW, fake_batch, frameprompt, tiny_backbone, unianimate

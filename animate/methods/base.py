@@ -151,6 +151,22 @@ def reference_clip_pixels(batch: dict) -> Tensor:
     return torch.cat([batch["reference"][:, :, None], torch.zeros_like(video[:, :, 1:])], dim=2)
 
 
+I2V_MASK_CHANNELS = 4  # Wan I2V: the first-frame mask folded 4x in time onto channels
+
+
+def first_frame_mask(batch: int, frames: int, height: int, width: int, channels: int = I2V_MASK_CHANNELS) -> Tensor:
+    """Wan I2V mask (B, 4, F, h, w): ones on latent frame 0 (the given image), zeros elsewhere."""
+    mask = torch.zeros(batch, channels, frames, height, width)
+    mask[:, :, 0] = 1.0
+    return mask
+
+
+def i2v_condition(image_latents: Tensor) -> Tensor:
+    """Wan I2V's channel conditioning (B, 4 + C, F, h, w): the first-frame mask, then the latents (B, C, F, h, w) of [image, zero frames]."""
+    b, _, f, h, w = image_latents.shape
+    return torch.cat([first_frame_mask(b, f, h, w).to(image_latents), image_latents], dim=1)
+
+
 def frames_to_latent_grid(weight: Tensor, latent_hw: tuple[int, int]) -> Tensor:
     """Token-resolution weights (B, F, h/2, w/2) -> latent resolution (B, 1, F, h, w), nearest."""
     return F.interpolate(weight[:, None].float(), size=(weight.shape[1], *latent_hw), mode="nearest")

@@ -33,9 +33,11 @@ from torch import Tensor
 
 from animate.backbone import WanBackbone
 from animate.methods.base import (
+    I2V_MASK_CHANNELS,
     AnimationSystem,
     LatentSequence,
     PixelFn,
+    i2v_condition,
     keep_samples,
     reference_clip_pixels,
     reference_pixels,
@@ -43,16 +45,6 @@ from animate.methods.base import (
     video_pixels,
 )
 from animate.modules.pose_encoders import PoseVideoEncoder, ReferencePoseEncoder
-
-I2V_MASK_CHANNELS = 4  # Wan I2V: the first-frame mask folded 4x in time onto channels
-
-
-def first_frame_mask(batch: int, frames: int, height: int, width: int, channels: int = I2V_MASK_CHANNELS) -> Tensor:
-    """Wan I2V mask (B, 4, F, h, w): ones on latent frame 0 (the given reference), zeros elsewhere."""
-    mask = torch.zeros(batch, channels, frames, height, width)
-    mask[:, :, 0] = 1.0
-    return mask
-
 
 REFERENCE_LATENTS = ("i2v", "frame0", "repeat", "still")
 POSE_ENCODER_DEFAULTS = dict(channels=8, num_layers=7, zero_init=True)  # conf/method/unianimate.yaml's (tests/test_methods.py compares them)
@@ -121,7 +113,7 @@ class UniAnimate(AnimationSystem):
         reference = self.reference_latents(batch, latents)  # (B, C, F, h, w)
         b, _, f, h, w = reference.shape
         clean = latents["video"] if training else torch.zeros_like(reference)
-        y = keep_samples(torch.cat([first_frame_mask(b, f, h, w).to(reference), reference], dim=1), drop["reference"])
+        y = keep_samples(i2v_condition(reference), drop["reference"])  # (B, 4 + C, F, h, w)
         if self.reference_pose_encoder is not None:
             y = y + keep_samples(self.reference_pose_encoder(unit_range(batch["reference_pose"])), drop["pose"])
         pose_tokens = keep_samples(self.pose_encoder(unit_range(batch["pose"])), drop["pose"])  # (B, L, D)
