@@ -7,10 +7,15 @@ at ``--transformer`` (default: the shipped ``asset:tiny_wan_t2v``) and the seede
 ``conf=base`` starts from. With ``--times``, also how well the base recovers the clean latents
 from a noised clip at each time t: the error of its clean-clip estimate x_t - t v, and how much of
 the noise leaks into that estimate (half the spread between two noise draws; 0 for a perfect
-model, whose estimate depends on the clip alone). Prints one JSON object.
+model, whose estimate depends on the clip alone). With ``--clean-first``, whether the base copies
+from a clean frame, the ability ``method.frame_noise`` trains (docs/TINY_BASE.md "Per-frame noise
+levels"): the loss of latent frames 1.. at each time t with every frame at t, and with frame 0
+clean at t = 0 (same noise); a base that reads the clean frame scores lower with it. Prints one
+JSON object.
 
     python -m benchmarks.base_loss
     python -m benchmarks.base_loss --transformer runs/base/export --clips 8 --draws 4 --times 1 0.9 0.5 0.1
+    python -m benchmarks.base_loss --clips 2 --draws 2 --clean-first 0.9 0.5
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from animate.flow import interpolate
+from animate.flow import flow_loss, interpolate
 from animate.methods.base import AnimationSystem
 from common.cli import compose_config
 from data.synthetic import SyntheticConfig
@@ -78,6 +83,27 @@ def denoising(system: AnimationSystem, batch: dict, times: list[float]) -> dict[
     return result
 
 
+@torch.no_grad()
+def clean_first_frame(system: AnimationSystem, batch: dict, times: list[float], draws: int) -> dict[str, float]:
+    """{"later_frames@t": loss of latent frames 1.. with every frame at t, "after_clean_first@t": with frame 0 clean} per t, over ``draws`` noises."""
+    clean = system.backbone.vae.encode(batch["video"])  # (B, C, F, h, w)
+    seq = system.build_sequence(batch, {"video": clean}, {}, training=True)
+    weight = seq.loss_weight.clone()
+    weight[:, :, 0] = 0  # the loss of the later frames only
+    result = {}
+    for t in times:
+        losses = {"later_frames": 0.0, "after_clean_first": 0.0}
+        for draw in range(draws):
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(draw))
+            for name, first in (("later_frames", t), ("after_clean_first", 0.0)):
+                frames_t = torch.full(seq.generate.shape, t)  # (B, F)
+                frames_t[:, 0] = first
+                x_t = interpolate(clean, noise, frames_t)
+                losses[name] += float(flow_loss(system(seq, x_t, frames_t), noise - clean, weight)) / draws
+        result |= {f"{name}@{t:g}": round(loss, 4) for name, loss in losses.items()}
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Print and return {"base": loss, "random_init": loss} (and the denoising scores with ``--times``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.base_loss", description=__doc__.split("\n\n")[0])
@@ -86,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--times", type=float, nargs="*", default=[], help="flow times at which to score the base's clean-clip estimate")
+    parser.add_argument("--clean-first", type=float, nargs="*", default=[], help="flow times at which to score the later frames with and without a clean frame 0")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch = heldout_batch(args.clips)
@@ -93,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = {"base": round(heldout_loss(base, batch, args.draws), 4), "random_init": round(heldout_loss(base_system(None), batch, args.draws), 4)}
     if args.times:
         result |= denoising(base, batch, args.times)
+    if args.clean_first:
+        result |= clean_first_frame(base, batch, args.clean_first, args.draws)
     print(json.dumps(result))
     return result
 

@@ -65,3 +65,11 @@ def test_base_recovers_clean_latents_from_lightly_noised_clips():
     scores = denoising(base_system("asset:tiny_wan_t2v"), heldout_batch(1), [0.1])
     assert scores["x0_error@0.1"] < 0.15 * scores["clean_latent_rms"]  # a naive x_t / (1 - t) is off by 0.11 (noise x t / (1 - t))
     assert scores["noise_leak@0.1"] < scores["x0_error@0.1"]
+
+
+def test_clean_first_frame_scores_the_later_frames_with_and_without_a_clean_frame_zero():
+    from benchmarks.base_loss import clean_first_frame
+
+    scores = clean_first_frame(base_system("asset:tiny_wan_t2v"), heldout_batch(1), [0.9], draws=1)
+    assert set(scores) == {"later_frames@0.9", "after_clean_first@0.9"} and all(0 < v < 1 for v in scores.values())
+    assert scores["later_frames@0.9"] != scores["after_clean_first@0.9"]  # frame 0 enters the later frames' attention
