@@ -32,7 +32,7 @@ RUNS_ENV = "ANIMATE_RUNS"  # the notebooks read their runs folders from here, jo
 WANDB_ENV = "ANIMATE_WANDB_PROJECT"  # or, online, a W&B project ("entity/project")
 MODELS = ("trained", "untrained", "base", "repeat_reference")  # the method, then the synthetic benchmark's baselines
 LOWER_IS_BETTER = ("lpips", "fid", "fvd", "vmae", "v_mae")
-MIN_SEEDS = 3  # a verdict needs at least this many seeds paired (issue 12); fewer give "not enough seeds"
+MIN_SEEDS = 3  # a verdict needs at least this many seeds paired; fewer give "not enough seeds"
 METHOD_NAMES = {"UniAnimate": "UniAnimate-DiT", "FramePrompt": "FramePrompt", "OneToAll": "One-to-All", "EverAnimate": "EverAnimate",
                 "TextToVideo": "text-to-video base", "ImageToVideo": "image-to-video base"}
 

@@ -45,3 +45,17 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     source = tmp_path / "module.py"
     source.write_text("def f():\n    from metrics.suite import MetricSuite\n    import animate.backbone\n")
     assert imported_packages(source) == {("metrics", 2), ("animate", 3)}
+
+
+def test_the_repository_speaks_to_users_not_to_the_tracker():
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    pattern = re.compile(r"\b[Ii]ssues? #?[0-9]+")  # users do not see the tracker: docs and code say what, not which ticket
+    texts = [ROOT / name for name in tracked if name.endswith((".py", ".md", ".yaml", ".ipynb", ".toml", ".txt")) and (ROOT / name).is_file()]
+    hits = [f"{path.relative_to(ROOT)}:{number}" for path in texts for number, line in enumerate(path.read_text(errors="ignore").splitlines(), 1)
+            if pattern.search(line)]
+    assert not hits, hits
