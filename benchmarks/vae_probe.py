@@ -28,7 +28,7 @@ def probe(vae_args: train_vae.TrainVAEConfig, samples: list, lr: float, steps: i
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     psnrs = []
     for _ in range(steps):
-        video = train_vae.random_batch(samples, rng, 1, side, batch)  # (B, 3, 1, side, side)
+        video, _ = train_vae.random_batch(samples, rng, 1, side, batch)  # (B, 3, 1, side, side)
         mse = (train_vae.decode_unclamped(vae, vae.encode(video).latent_dist.mean) - video).square().mean()
         optimizer.zero_grad(set_to_none=True)
         mse.backward()

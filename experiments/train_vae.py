@@ -75,6 +75,8 @@ class TrainVAEConfig:
     dim_mult: list[int]
     temporal_downsample: list[bool]
     num_res_blocks: int
+    train_part: str
+    person_weight: float
     eval_split: str
     eval_clips: int | None
     threads: int
@@ -89,6 +91,12 @@ class TrainVAEConfig:
             raise ValueError(f"train_frames={self.train_frames}: must be frame counts 1 + {WAN.vae_time}k (1, 5, 9, 17, ...)")
         if not 0 <= self.still_fraction <= 1:
             raise ValueError(f"still_fraction={self.still_fraction}: must be in [0, 1]")
+        if self.train_part not in ("all", "decoder"):
+            raise ValueError(f"train_part={self.train_part}: must be one of all, decoder")
+        if self.train_part == "decoder" and not self.init:
+            raise ValueError("train_part=decoder: needs init= (the VAE whose encoder and latent space are kept)")
+        if self.person_weight < 0:
+            raise ValueError(f"person_weight={self.person_weight}: must be >= 0")
         if self.posterior not in ("sample", "mean"):
             raise ValueError(f"posterior={self.posterior}: must be one of sample, mean")
         if len(self.dim_mult) < 2:
@@ -161,20 +169,29 @@ def to_model_range(frames: np.ndarray) -> torch.Tensor:
     return video.movedim(-1, -4)
 
 
-def random_batch(samples: list[Sample], rng: np.random.Generator, frames: int, side: int, batch_size: int) -> torch.Tensor:
-    """Random ``frames``-long windows, ``side``-pixel crops, random flips -> (B, 3, T, side, side)."""
+def random_batch(samples: list[Sample], rng: np.random.Generator, frames: int, side: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``frames``-long windows, ``side``-pixel crops, random flips -> video (B, 3, T, side, side), person mask (B, 1, T, side, side).
+
+    The mask is 0 where a sample has none (an image without a person mask).
+    """
     candidates = [s for s in samples if s.frames.shape[0] >= frames and min(s.frames.shape[1:3]) >= side]
     if not candidates:
         raise ValueError(f"no training sample has {frames} frames of at least {side}x{side} pixels")
-    crops = []
+    crops, masks = [], []
     for index in rng.integers(len(candidates), size=batch_size):
         video = candidates[index].frames  # (T, H, W, 3) uint8
+        person = candidates[index].person_mask  # (T, H, W) or None
         start = rng.integers(video.shape[0] - frames + 1)
         top = rng.integers(video.shape[1] - side + 1)
         left = rng.integers(video.shape[2] - side + 1)
-        crop = video[start : start + frames, top : top + side, left : left + side]
-        crops.append(crop[:, :, ::-1] if rng.random() < 0.5 else crop)
-    return to_model_range(np.stack(crops))
+        window = (slice(start, start + frames), slice(top, top + side), slice(left, left + side))
+        crop = video[window]
+        mask = np.zeros(crop.shape[:3], np.float32) if person is None else person[window].astype(np.float32)
+        if rng.random() < 0.5:
+            crop, mask = crop[:, :, ::-1], mask[:, :, ::-1]
+        crops.append(crop)
+        masks.append(mask)
+    return to_model_range(np.stack(crops)), torch.from_numpy(np.ascontiguousarray(np.stack(masks)))[:, None]
 
 
 def image_gradients(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,13 +229,21 @@ def still_consistency(latents: torch.Tensor, still: int) -> torch.Tensor:
     return (held[:, :, 1:] - held[:, :, :1]).square().mean() / latents.detach().var().clamp_min(1e-6)
 
 
-def training_loss(vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: TrainVAEConfig) -> tuple[torch.Tensor, dict]:
-    """MSE + L1 + edge L1 on the reconstruction of a posterior sample, the KL to N(0, 1), and the still-clip consistency."""
+def training_loss(
+    vae: AutoencoderKLWan, video: torch.Tensor, generator: torch.Generator, args: TrainVAEConfig, person: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
+    """MSE (weighted 1 + ``person_weight`` inside the person mask) + L1 + edge L1 on the reconstruction of a posterior sample,
+    the KL to N(0, 1), and the still-clip consistency."""
     video, still = hold_still(video, args.still_fraction if args.still_weight else 0.0)
+    if still and person is not None:
+        person = torch.cat([person[:still, :, :1].expand(-1, -1, person.shape[2], -1, -1), person[still:]])
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator) if args.posterior == "sample" else posterior.mean
     reconstruction = decode_unclamped(vae, latents)  # (B, 3, T, H, W)
-    mse = (reconstruction - video).square().mean()
+    squared = (reconstruction - video).square()
+    mse = squared.mean()
+    if args.person_weight and person is not None:
+        mse = mse + args.person_weight * (squared * person).mean()
     l1 = (reconstruction - video).abs().mean()
     edge = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(reconstruction), image_gradients(video)))
     kl = 0.5 * (posterior.mean.square() + posterior.var - 1 - posterior.logvar).mean()
@@ -240,7 +265,8 @@ def train(vae: AutoencoderKLWan, samples: list[Sample], args: TrainVAEConfig) ->
     """AdamW with warm-up and cosine decay over ``args.steps`` random batches."""
     rng = np.random.default_rng(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
+    trained = trainable_parameters(vae, args.train_part)
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=1e-4)
     warmup = max(1, min(100, args.steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / args.steps))
@@ -250,16 +276,28 @@ def train(vae: AutoencoderKLWan, samples: list[Sample], args: TrainVAEConfig) ->
     bar = tqdm(range(args.steps), desc="train tiny Wan VAE", unit="step")
     for _ in bar:
         frames, side, batch_size = batch_shapes(args, rng)
-        video = random_batch(samples, rng, frames, side, batch_size).contiguous(memory_format=torch.channels_last_3d)
-        loss, parts = training_loss(vae, video, generator, args)
+        video, person = random_batch(samples, rng, frames, side, batch_size)
+        loss, parts = training_loss(vae, video.contiguous(memory_format=torch.channels_last_3d), generator, args, person)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{-10 * math.log10(parts['mse'] / 4):.1f}", kl=f"{parts['kl']:.2f}", still=f"{parts['still']:.3f}")
     set_conv_memory_format(vae, torch.contiguous_format)
     vae.eval()
+
+
+def trainable_parameters(vae: AutoencoderKLWan, part: str) -> list[torch.nn.Parameter]:
+    """The parameters ``part`` trains; ``decoder`` freezes the encoder side (encoder, quant_conv), so the latent space stays init's.
+
+    A decoder-only fine-tune (as Stable Diffusion's ft-MSE VAE) keeps every DiT trained on the
+    init VAE's latents valid: encodings, latent statistics and latent caches are unchanged.
+    """
+    encoder_side = {id(p) for module in (vae.encoder, vae.quant_conv) for p in module.parameters()}
+    for parameter in vae.parameters():
+        parameter.requires_grad_(part == "all" or id(parameter) not in encoder_side)
+    return [p for p in vae.parameters() if p.requires_grad]
 
 
 def set_conv_memory_format(vae: AutoencoderKLWan, memory_format: torch.memory_format) -> None:
@@ -338,8 +376,9 @@ def train_and_save(cfg: DictConfig) -> dict:
     train_samples = load_split(directory, "train")
     vae = build_vae(args)
     train(vae, train_samples, args)
-    mean, std = latent_statistics(vae, train_samples)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
+    if args.train_part == "all":  # a frozen encoder keeps init's latent statistics exactly
+        mean, std = latent_statistics(vae, train_samples)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
     save_diffusers(vae, args.out)
     train_seconds = time.perf_counter() - started
     summary = {

@@ -188,3 +188,34 @@ def test_init_fine_tunes_the_given_vae(tmp_path):
     assert all(torch.equal(a, b.float()) for a, b in zip(vae.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(ValueError, match="still_fraction"):
         settings(["out=unused", "still_fraction=1.5"])
+
+
+def test_a_decoder_fine_tune_keeps_the_latent_space(tiny_dataset, tmp_path):
+    out = tmp_path / "vae"
+    main([f"out={out}", f"dataset={tiny_dataset}", "init=asset:tiny_wan_vae", "train_part=decoder", "person_weight=4",
+          "steps=2", "size=[32,64]", "pixels_per_step=2048", "lr=1e-2"])
+    tuned, shipped = load_vae(out), load_vae(SHIPPED_VAE)
+    before, after = shipped.state_dict(), tuned.state_dict()
+    encoder_side = [name for name in before if name.startswith(("encoder.", "quant_conv."))]
+    assert encoder_side and all(torch.equal(after[name].float(), before[name].float()) for name in encoder_side)
+    assert any(not torch.equal(after[name].float(), before[name].float()) for name in before if name.startswith("decoder."))
+    assert tuned.config.latents_mean == shipped.config.latents_mean and tuned.config.latents_std == shipped.config.latents_std
+    with pytest.raises(ValueError, match="train_part=decoder: needs init"):
+        settings(["out=unused", "train_part=decoder"])
+
+
+def test_person_weight_adds_the_error_inside_the_person_mask():
+    from experiments.train_vae import build_vae, training_loss
+
+    args = settings(["out=unused", "init=asset:tiny_wan_vae"])
+    vae = build_vae(args).eval()
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    person = torch.zeros(2, 1, 5, 32, 32)
+    person[..., 8:24, 8:24] = 1
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        plain, parts = training_loss(vae, video, generator, args, person)
+        weighted, _ = training_loss(vae, video, generator, settings(["out=unused", "init=asset:tiny_wan_vae", "person_weight=2"]), person)
+        reconstruction = vae.decode(vae.encode(video).latent_dist.mean).sample
+    inside = ((reconstruction - video).square() * person).mean()
+    assert weighted - plain == pytest.approx(2 * inside.item(), rel=0.05)
