@@ -4,9 +4,12 @@ A generated video is decoded by the VAE, so the VAE's reconstruction of the grou
 every metric a method can reach; repeating the reference frame is the baseline a method must beat.
 This renders ``--clips`` held-out test clips (17 frames, the generator's defaults), and prints
 whole-frame and in-mask PSNR and silhouette IoU at each ``--thresholds`` for the truth, the
-repeated reference (frame 20, outside the window) and each VAE's round trip.
+repeated reference (frame 20, outside the window) and each VAE's round trip. With ``--stills``
+each VAE also encodes every frame alone as an image (``VAE@stills``): the gap between the two is
+what the 4x temporal compression of moving people costs.
 
     python -m benchmarks.vae_ceiling --vaes asset:tiny_wan_vae DIR --thresholds 0.1 0.15 0.2
+    python -m benchmarks.vae_ceiling --stills
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def round_trip(vae: VideoAutoencoder, frames: torch.Tensor) -> torch.Tensor:
     return vae.decode(vae.encode(video))[0].permute(1, 0, 2, 3).add(1).div(2)
 
 
+def round_trip_stills(vae: VideoAutoencoder, frames: torch.Tensor) -> torch.Tensor:
+    """Encode and decode each of (T, 3, H, W) frames alone, as a one-frame clip."""
+    return torch.cat([round_trip(vae, frame[None]) for frame in frames])
+
+
 def scores(generated: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, plate: torch.Tensor, thresholds: list[float]) -> list[float]:
     """[psnr, psnr_mask, iou@threshold...] of one clip (means over frames)."""
     values = [frame_psnr(generated, target).mean(), masked_frame_psnr(generated, target, mask).nanmean()]
@@ -53,12 +61,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vaes", nargs="+", default=["asset:tiny_wan_vae"], help="VAE paths (asset:NAME, a diffusers dir or a Wan .pth)")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--stills", action="store_true", help="also score each VAE on every frame encoded alone (VAE@stills)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = SyntheticConfig()
     vaes = {path: VideoAutoencoder(load_vae(resolve_path(path))).eval() for path in args.vaes}
-    rows: dict[str, list[list[float]]] = {name: [] for name in ["truth", "repeat_reference", *vaes]}
+    rows: dict[str, list[list[float]]] = {name: [] for name in ["truth", "repeat_reference", *vaes, *(f"{v}@stills" for v in vaes if args.stills)]}
     for index in range(args.clips):
         sample = make_clip(config, "test", index)
         target = unit_frames(sample.frames[:FRAMES])
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows["repeat_reference"].append(scores(reference, target, mask, plate, args.thresholds))
         for path, vae in vaes.items():
             rows[path].append(scores(round_trip(vae, target), target, mask, plate, args.thresholds))
+            if args.stills:
+                rows[f"{path}@stills"].append(scores(round_trip_stills(vae, target), target, mask, plate, args.thresholds))
     names = ["psnr", "psnr_mask", *(f"silhouette_iou@{t:g}" for t in args.thresholds)]
     result = {model: dict(zip(names, np.round(np.mean(values, axis=0), 3).tolist())) for model, values in rows.items()}
     print(json.dumps(result, indent=2))

@@ -31,8 +31,10 @@ def test_vae_probe_reports_psnr_per_window(tmp_path):
 def test_vae_ceiling_scores_the_truth_perfectly_and_the_round_trip_below_it():
     from benchmarks.vae_ceiling import main
 
-    result = main(["--clips", "1", "--thresholds", "0.1", "0.2"])
+    result = main(["--clips", "1", "--thresholds", "0.1", "0.2", "--stills"])
     assert result["truth"]["silhouette_iou@0.1"] == 1.0 and result["truth"]["psnr"] == 100.0
+    # frames encoded alone carry no motion to compress: the shipped 4x-in-time VAE keeps more of the moving person so
+    assert result["asset:tiny_wan_vae@stills"]["psnr_mask"] > result["asset:tiny_wan_vae"]["psnr_mask"] + 1
     shipped = result["asset:tiny_wan_vae"]
     assert 10 < shipped["psnr"] < 40 and all(0 <= shipped[f"silhouette_iou@{t}"] <= 1 for t in ("0.1", "0.2"))
     assert 0 <= result["repeat_reference"]["silhouette_iou@0.1"] < 1
