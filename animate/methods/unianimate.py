@@ -6,11 +6,13 @@
   cheaper to encode. ``"repeat"`` puts the reference latent in every frame: a T2V base (the
   tiny default's) then copies appearance per token instead of first learning Wan I2V's frame-0
   copy through attention, which a pretrained I2V model already has (it expects ``"i2v"``).
-  ``"still"`` (the tiny default) encodes the reference held still for the clip's length, so
+  ``"still"`` encodes the reference held still for the clip's length, so
   each latent frame is in the same causal-VAE encoding as the target frame at its position:
   a causal VAE encodes frame 0 alone and later frames in groups of 4, and the tiny VAE's
   one-frame latent differs from its group latents of the same still image
   (``python -m benchmarks.vae_still``), so ``"repeat"`` asks the DiT to translate between them.
+  The tiny default runs from the tiny I2V base (``conf=unianimate``, ``backbone=tiny_i2v``) with
+  ``"i2v"``, as the official code runs from Wan2.1-I2V-14B.
 - :class:`PoseVideoEncoder` maps the rendered driving poses to tokens that are ADDED to the
   patchified tokens before block 0 (``injections[-1]``).
 - :class:`ReferencePoseEncoder` maps the reference's pose map to 20 channels added to the I2V
@@ -67,7 +69,7 @@ class UniAnimate(AnimationSystem):
         optimizer,
         pose_encoder: dict | None = None,
         reference_pose_encoder: bool = True,
-        reference_latent: str = "still",
+        reference_latent: str = "i2v",
         **kwargs,
     ):
         pose_cfg = POSE_ENCODER_DEFAULTS | dict(pose_encoder or {})
