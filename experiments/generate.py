@@ -72,6 +72,8 @@ def generate(cfg: DictConfig) -> dict | Path | None:
     for model in cfg.models:
         check_model(model)
     trained, run_cfg, checkpoint = load_run(cfg.ckpt)
+    if cfg.get("data"):  # score on another dataset, or make only what held-out scoring reads
+        run_cfg = OmegaConf.merge(run_cfg, {"data": OmegaConf.to_container(cfg.data, resolve=True)})
     models = list(cfg.models)
     if "base" in models and not has_pretrained_base(run_cfg):
         log.info("skipping model base: the run did not start from a pretrained transformer")
