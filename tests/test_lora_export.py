@@ -170,7 +170,7 @@ def test_export_cli_refuses_a_full_fine_tune_and_wrong_layouts(tmp_path, capsys)
         (f"ckpt={ckpt}", "what=lora", f"out={tmp_path / 'x'}"): f"error: what=lora: {ckpt} has no LoRA adapter (method.lora.rank was 0: a full fine-tune); export it with what=merged",
         (f"ckpt={ckpt}", "what=lora", "layout=original", "out=x"): "error: layout=original with what=lora: use one of diffusers, comfyui (comfyui is the original Wan layout of a LoRA)",
         (f"ckpt={ckpt}", "layout=comfyui", "out=x"): "error: layout=comfyui with what=merged: use one of diffusers, original",
-        (f"ckpt={ckpt}", "what=adapter", "out=x"): "error: what=adapter: use one of merged, lora",
+        (f"ckpt={ckpt}", "what=adapter", "out=x"): "error: what=adapter: use one of merged, lora, checkpoint",
         (f"ckpt={ckpt}", "what=lora", "out=x.pth"): f"error: out=x.pth: a LoRA export is one safetensors file: out=FILE.safetensors, or out=DIR for DIR/{LORA_FILE}",
     }
     for args, message in cases.items():
