@@ -71,6 +71,21 @@ def test_generate_renders_heldout_clips_and_scores_baselines(workdir):
     assert all((frame == frames[0]).all() for frame in frames)
 
 
+def test_generate_reads_the_dataset_given_on_the_command_line(workdir):
+    run = workdir / "run_frameprompt"
+    if not (run / "last.ckpt").exists():
+        pytest.skip("needs the frameprompt smoke run")
+    other, out = workdir / "other_data", workdir / "generated_other"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.generate", f"ckpt={run / 'last.ckpt'}", "num_clips=2", "models=[repeat_reference]", "grids=false",
+         f"out={out}", f"+data.root={other}", "+data.synthetic.test_clips=1"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((other / "manifest.json").read_text())["config"]["test_clips"] == 1  # made where asked, as asked
+    assert json.loads((out / "heldout.json").read_text())["clips"] == 1  # the run's own data has 2 test clips
+
+
 def test_generation_splits_clips_over_two_processes_with_the_same_result(workdir):
     run = workdir / "run_frameprompt"
     if not (run / "last.ckpt").exists():
