@@ -234,21 +234,19 @@ def training_loss(
 ) -> tuple[torch.Tensor, dict]:
     """MSE (weighted 1 + ``person_weight`` inside the person mask) + L1 + edge L1 on the reconstruction of a posterior sample,
     the KL to N(0, 1), and the still-clip consistency."""
-    video, still = hold_still(video, args.still_fraction if args.still_weight else 0.0)
-    if still and person is not None:
-        person = torch.cat([person[:still, :, :1].expand(-1, -1, person.shape[2], -1, -1), person[still:]])
+    still_fraction = args.still_fraction if args.still_weight else 0.0
+    video, still = hold_still(video, still_fraction)
     posterior = vae.encode(video).latent_dist
     latents = posterior.sample(generator) if args.posterior == "sample" else posterior.mean
     reconstruction = decode_unclamped(vae, latents)  # (B, 3, T, H, W)
     squared = (reconstruction - video).square()
     mse = squared.mean()
-    if args.person_weight and person is not None:
-        mse = mse + args.person_weight * (squared * person).mean()
+    in_person = (squared * hold_still(person, still_fraction)[0]).mean() if args.person_weight and person is not None else 0.0
     l1 = (reconstruction - video).abs().mean()
     edge = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(reconstruction), image_gradients(video)))
     kl = 0.5 * (posterior.mean.square() + posterior.var - 1 - posterior.logvar).mean()
     consistency = still_consistency(posterior.mean, still)
-    loss = mse + args.l1_weight * l1 + args.edge_weight * edge + args.kl_weight * kl + args.still_weight * consistency
+    loss = mse + args.person_weight * in_person + args.l1_weight * l1 + args.edge_weight * edge + args.kl_weight * kl + args.still_weight * consistency
     return loss, {"mse": mse.item(), "kl": kl.item(), "still": consistency.item()}
 
 
