@@ -93,18 +93,23 @@ def denoising_errors(system: AnimationSystem, batch: dict, times: list[float], s
     return errors
 
 
-def mean_errors(system: AnimationSystem, clips: list[dict], times: list[float]) -> dict[str, list[float]]:
-    """:func:`denoising_errors` averaged over clips."""
-    runs = [denoising_errors(system, clip, times, seed=index) for index, clip in enumerate(clips)]
-    return {name: [sum(run[name][k] for run in runs) / len(runs) for k in range(len(times))] for name in ("person", "frame")}
+def clip_errors(system: AnimationSystem, clips: list[dict], times: list[float]) -> list[dict[str, list[float]]]:
+    """:func:`denoising_errors` of each clip, its noise seeded by its index."""
+    return [denoising_errors(system, clip, times, seed=index) for index, clip in enumerate(clips)]
 
 
-def denoising_swap(system: AnimationSystem, clips: list[dict], partners: list[int | None], times: list[float]) -> dict[str, float]:
-    """Mean person error with the right and with a swapped reference (same noise), and their ratio."""
+def mean_errors(runs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per-clip errors averaged over clips."""
+    return {name: [sum(run[name][k] for run in runs) / len(runs) for k in range(len(runs[0][name]))] for name in ("person", "frame")}
+
+
+def denoising_swap(system: AnimationSystem, clips: list[dict], partners: list[int | None], times: list[float],
+                   right: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Mean person error with the right reference (``right``: :func:`clip_errors` of ``clips``) and with a swapped one (same noise), and their ratio."""
     pairs = [(i, j) for i, j in enumerate(partners) if j is not None]
-    right = [sum(denoising_errors(system, clips[i], times, seed=i)["person"]) / len(times) for i, _ in pairs]
+    right_person = [sum(right[i]["person"]) / len(times) for i, _ in pairs]
     swapped = [sum(denoising_errors(system, with_reference_of(clips[i], clips[j]), times, seed=i)["person"]) / len(times) for i, j in pairs]
-    r, s = sum(right) / len(right), sum(swapped) / len(swapped)
+    r, s = sum(right_person) / len(right_person), sum(swapped) / len(swapped)
     return {"clips": len(pairs), "right": r, "swapped": s, "ratio": r / s}
 
 
@@ -135,9 +140,11 @@ def measure(ckpt: Path, clips: int, times: list[float], generate: int) -> dict:
     test_clips = heldout_clips(run_cfg, "test", 2 * clips)
     partners = swap_partners(test_clips)
     report = {"checkpoint": str(ckpt), "method": run_cfg.method._target_.rsplit(".", 1)[-1], "clips": clips, "times": times, "errors": {}}
+    report["swap_denoising"] = {}
     for name, system in (("trained", trained), ("untrained", untrained)):
-        report["errors"][name] = {"train": mean_errors(system, train_clips, times), "test": mean_errors(system, test_clips[:clips], times)}
-    report["swap_denoising"] = {name: denoising_swap(system, test_clips, partners, times) for name, system in (("trained", trained), ("untrained", untrained))}
+        test_errors = clip_errors(system, test_clips, times)  # every test clip once: the first ``clips`` report, all serve the swap test
+        report["errors"][name] = {"train": mean_errors(clip_errors(system, train_clips, times)), "test": mean_errors(test_errors[:clips])}
+        report["swap_denoising"][name] = denoising_swap(system, test_clips, partners, times, test_errors)
     if generate:
         report["swap_generated"] = generated_swap(trained, test_clips, partners, generate)
     return report

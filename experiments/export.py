@@ -34,7 +34,7 @@ from animate.lora import LORA_LAYOUTS, has_lora, lora_metadata, lora_state_dict,
 from animate.weights import kept_in_float32, save_diffusers, save_original_layout
 from common.files import atomic_path, atomic_write_json
 from experiments.cli import UsageError, run
-from experiments.prediction import load_run, read_checkpoint, resolve_checkpoint
+from experiments.prediction import load_run, read_run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ def export_checkpoint(cfg: DictConfig, out: Path) -> Path:
     """Write the run's trained weights in ``cfg.dtype``, its portable run config and step to ``out``, atomically; returns ``out``."""
     if out.suffix != ".ckpt":
         raise UsageError(f"out={cfg.out}: what=checkpoint writes one file, name it FILE.ckpt")
-    checkpoint = read_checkpoint(resolve_checkpoint(cfg.ckpt))
-    if not checkpoint.get("run_config"):
-        raise UsageError(f"ckpt={cfg.ckpt}: no run_config inside (not written by experiments.fit)")
+    checkpoint = read_run_checkpoint(cfg.ckpt)
     dtype = DTYPES[cfg.dtype]
     state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in checkpoint["state_dict"].items()}
     compact = {"state_dict": state, "run_config": portable_config(checkpoint["run_config"]), "global_step": checkpoint.get("global_step"),

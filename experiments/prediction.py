@@ -56,14 +56,20 @@ def resolve_checkpoint(ckpt_path: str) -> Path:
     return path if path.exists() or path.suffix == ".ckpt" else path.with_suffix(".ckpt")
 
 
-def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
-    """The trained system of a checkpoint (a path, or ``asset:NAME``), its run config, and the raw checkpoint."""
+def read_run_checkpoint(ckpt_path: str) -> dict:
+    """The raw checkpoint of a run (a path, or ``asset:NAME``); a one-line error when it is missing or holds no run config."""
     path = resolve_checkpoint(ckpt_path)
     if not path.exists():
         raise UsageError(f"ckpt={ckpt_path}: no such checkpoint file")
     checkpoint = read_checkpoint(path)
     if not checkpoint.get("run_config"):
         raise UsageError(f"ckpt={ckpt_path}: no run_config inside (not written by experiments.fit)")
+    return checkpoint
+
+
+def load_run(ckpt_path: str) -> tuple[AnimationSystem, DictConfig, dict]:
+    """The trained system of a checkpoint (a path, or ``asset:NAME``), its run config, and the raw checkpoint."""
+    checkpoint = read_run_checkpoint(ckpt_path)
     cfg = OmegaConf.create(checkpoint["run_config"])
     system = build_system(cfg)
     system.on_load_checkpoint(checkpoint)
